@@ -1,0 +1,1 @@
+"""FastAPI app serving services/ over HTTP, and the HTTP client for the app."""

@@ -1,0 +1,365 @@
+"""The one place settings, profiles and the environment are read.
+
+Settings are loaded in this order, later sources winning::
+
+    defaults < the profile's settings.json < environment < command line
+
+Environment variables are ``SOFTPHONE_<FIELD>`` for every field, plus the
+ecosystem's usual names: ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``,
+``LIVEKIT_API_SECRET``, ``ASSEMBLYAI_API_KEY``, ``OPENAI_API_KEY`` and
+``OPENAI_BASE_URL``. Each profile has its own directory (settings, history
+database, recordings, logs) under ``SOFTPHONE_HOME`` (default
+``$XDG_DATA_HOME/softphone``), so several instances run side by side.
+
+Secrets are held in :class:`Secret`, whose ``str`` and ``repr`` are redacted,
+and are never written to the settings file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from softphone.errors import ConfigError
+
+Role = Literal["caller", "agent", "supervisor"]
+SttProvider = Literal["local", "assemblyai", "openai"]
+SummarizerProvider = Literal["offline", "openai"]
+Theme = Literal["light", "dark"]
+
+PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SETTINGS_FILE = "settings.json"
+
+
+class Secret:
+    """A secret value whose text never shows in logs, reprs or exceptions.
+
+    Args:
+        value: The secret itself; read it back with :meth:`get`.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """Return the secret's text, for the one call that needs it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _field(default: Any, help: str, *, env: tuple[str, ...] = (), **kw: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "env": env, **kw})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of one softphone instance, typed and documented.
+
+    Build it with :func:`load_settings`; fields are read-only so that the
+    services built from it agree on one configuration.
+    """
+
+    profile: str = _field("default", "profile name: own settings, history, recordings and logs")
+    home: Path = _field(Path(), "base directory holding every profile (empty: XDG data dir)")
+    role: Role = _field("agent", "role this instance plays: caller, agent or supervisor")
+    identity: str = _field("", "participant identity (empty: derived from role and profile)")
+    display_name: str = _field("", "name shown to other participants")
+    room: str = _field("", "room to join at start (callers and agents)")
+    lobby_room: str = _field("lobby", "room where online agents wait; it is the agent directory")
+
+    livekit_url: str = _field(
+        "", "LiveKit server URL (empty: start a local server)", env=("LIVEKIT_URL",)
+    )
+    livekit_api_key: str = _field("", "LiveKit API key", env=("LIVEKIT_API_KEY",))
+    livekit_api_secret: Secret | None = _field(
+        None, "LiveKit API secret", env=("LIVEKIT_API_SECRET",), secret=True
+    )
+    livekit_server_bin: str = _field("", "path to a livekit-server binary to use")
+    token_ttl_s: int = _field(600, "lifetime of minted access tokens, seconds", min=10, max=86400)
+
+    backend_url: str = _field("", "softphone backend URL (empty: embedded services)")
+    backend_api_key: Secret | None = _field(None, "API key for the backend", secret=True)
+
+    offer_timeout_s: float = _field(30.0, "seconds a transfer offer rings before no-answer", min=1)
+    summary_timeout_s: float = _field(10.0, "seconds the summarizer may take", min=0.1)
+
+    stt_provider: SttProvider = _field("local", "batch speech-to-text: local, assemblyai, openai")
+    stt_model: str = _field("tiny.en", "faster-whisper model name or path")
+    stt_device: str = _field("cpu", "faster-whisper device (cpu, cuda, auto)")
+    stt_compute_type: str = _field("int8", "faster-whisper compute type")
+    live_transcript: bool = _field(True, "transcribe calls live")
+    assemblyai_api_key: Secret | None = _field(
+        None, "AssemblyAI API key", env=("ASSEMBLYAI_API_KEY",), secret=True
+    )
+    assemblyai_base_url: str = _field("https://api.assemblyai.com", "AssemblyAI API base URL")
+    openai_api_key: Secret | None = _field(
+        None, "OpenAI-compatible API key", env=("OPENAI_API_KEY",), secret=True
+    )
+    openai_base_url: str = _field(
+        "", "OpenAI-compatible base URL (empty: the provider's default)", env=("OPENAI_BASE_URL",)
+    )
+    openai_stt_model: str = _field("whisper-1", "model for audio.transcriptions")
+    summarizer: SummarizerProvider = _field("offline", "summarizer: offline or openai")
+    summarizer_model: str = _field("gpt-4o-mini", "chat model for the openai summarizer")
+
+    recordings_dir: Path = _field(Path(), "where call recordings go (empty: profile/recordings)")
+    input_device: str = _field("", "microphone device name (empty: system default)")
+    output_device: str = _field("", "speaker/headset device name (empty: system default)")
+    theme: Theme = _field("light", "UI theme: light or dark")
+    log_level: str = _field("INFO", "log level: DEBUG, INFO, WARNING, ERROR")
+
+    @property
+    def profile_dir(self) -> Path:
+        """The profile's own directory (settings, history, recordings, logs)."""
+        return self.home / "profiles" / self.profile
+
+    @property
+    def history_path(self) -> Path:
+        """The profile's SQLite history database."""
+        return self.profile_dir / "history.sqlite3"
+
+    @property
+    def logs_dir(self) -> Path:
+        """The profile's log directory."""
+        return self.profile_dir / "logs"
+
+    @property
+    def recordings_path(self) -> Path:
+        """Where this profile's recordings are written."""
+        return self.recordings_dir if str(self.recordings_dir) not in ("", ".") else (
+            self.profile_dir / "recordings"
+        )
+
+    @property
+    def effective_identity(self) -> str:
+        """The identity to join as: the setting, or ``<role>-<profile>``."""
+        return self.identity or f"{self.role}-{self.profile}"
+
+    @property
+    def embedded_server(self) -> bool:
+        """True when no LiveKit URL is configured and a local server is started."""
+        return not self.livekit_url
+
+    def ensure_dirs(self) -> None:
+        """Create the profile's directories."""
+        for d in (self.profile_dir, self.logs_dir, self.recordings_path):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    """Where profiles live when ``home`` is not set."""
+    if env.get("SOFTPHONE_HOME"):
+        return Path(env["SOFTPHONE_HOME"]).expanduser()
+    xdg = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "softphone"
+
+
+def _coerce(name: str, raw: Any, source: str) -> Any:
+    """Turn a raw value from a file, the environment or the CLI into the field's type."""
+    hint = _HINTS[name]
+    meta = FIELDS[name].metadata
+    where = f"{name} (from {source})"
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # Secret | None
+        if raw is None or raw == "":
+            return None
+        if isinstance(raw, Secret):
+            return raw
+        if not isinstance(raw, str):
+            raise ConfigError(f"{where}: expected text")
+        return Secret(raw)
+    if origin is Literal:
+        choices = get_args(hint)
+        if raw not in choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(choices)}, not {raw!r}")
+        return raw
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value: Any = int(raw)
+        elif hint is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value = float(raw)
+        elif hint is Path:
+            value = Path(str(raw)).expanduser()
+        else:
+            if not isinstance(raw, str):
+                raise ValueError(raw)
+            value = raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {raw!r}") from None
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where}: must be at least {meta['min']}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{where}: must be at most {meta['max']}")
+    return value
+
+
+def _validate(values: dict[str, Any]) -> None:
+    if not PROFILE_RE.match(values["profile"]):
+        raise ConfigError(
+            "profile: use 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    for key in ("livekit_url",):
+        url = values[key]
+        if url and not re.match(r"^(wss?|https?)://[^\s/]+", url):
+            raise ConfigError(f"{key}: expected a ws://, wss://, http:// or https:// URL")
+    for key in ("backend_url", "assemblyai_base_url", "openai_base_url"):
+        url = values[key]
+        if url and not re.match(r"^https?://[^\s/]+", url):
+            raise ConfigError(f"{key}: expected an http:// or https:// URL")
+    if values["livekit_url"] and not (values["livekit_api_key"] and values["livekit_api_secret"]):
+        if not values["backend_url"]:
+            raise ConfigError(
+                "livekit_url is set but LIVEKIT_API_KEY / LIVEKIT_API_SECRET are not: "
+                "set both, or use a backend (--backend URL)"
+            )
+    level = values["log_level"].upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")
+    values["log_level"] = level
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, f in FIELDS.items():
+        for var in (*f.metadata["env"], f"SOFTPHONE_{name.upper()}"):
+            if env.get(var):
+                out[name] = env[var]
+    return out
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Read a profile's settings file; a missing file is an empty one.
+
+    Raises:
+        ConfigError: The file is not a JSON object, names an unknown setting,
+            or holds a secret (secrets belong in the environment or keychain).
+    """
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable JSON file ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of settings")
+    for key in data:
+        if key not in FIELDS or key in ("profile", "home"):
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        if FIELDS[key].metadata.get("secret"):
+            raise ConfigError(
+                f"{path}: {key} is a secret and is not read from files; "
+                "set it in the environment or the keychain"
+            )
+    return data
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load the settings of one profile from every source, in order.
+
+    Args:
+        overrides: Values from the command line (or a test), highest priority.
+            ``None`` values are ignored.
+        env: The environment to read; defaults to ``os.environ``.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: A value is invalid; the message names it and its source.
+    """
+    env = os.environ if env is None else env
+    cli = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key in cli:
+        if key not in FIELDS:
+            raise ConfigError(f"unknown setting {key!r}")
+    env_vals = _env_values(env)
+    profile = _coerce("profile", cli.get("profile", env_vals.get("profile", "default")), "profile")
+    home_raw = cli.get("home") or env.get("SOFTPHONE_HOME") or ""
+    home = Path(str(home_raw)).expanduser() if home_raw else default_home(env)
+
+    values: dict[str, Any] = {f.name: f.default for f in FIELDS.values()}
+    values.update(profile=profile, home=home)
+    if not PROFILE_RE.match(profile):
+        _validate(values)
+    file_path = home / "profiles" / profile / SETTINGS_FILE
+    for source, layer in (
+        (str(file_path), read_settings_file(file_path)),
+        ("environment", env_vals),
+        ("command line", cli),
+    ):
+        for key, raw in layer.items():
+            if key in ("profile", "home"):
+                continue
+            values[key] = _coerce(key, raw, source)
+    _validate(values)
+    return Settings(**values)
+
+
+def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
+    """Validate ``changes``, write them to the profile's file, and return new settings.
+
+    Secrets are refused here: they go to the environment or the OS keychain.
+
+    Raises:
+        ConfigError: A value is invalid or is a secret.
+    """
+    path = settings.profile_dir / SETTINGS_FILE
+    current = read_settings_file(path)
+    for key, raw in changes.items():
+        if key not in FIELDS or key in ("profile", "home"):
+            raise ConfigError(f"unknown setting {key!r}")
+        if FIELDS[key].metadata.get("secret"):
+            raise ConfigError(f"{key} is a secret and is never written to the settings file")
+        value = _coerce(key, raw, "settings")
+        current[key] = str(value) if isinstance(value, Path) else value
+    values = dataclasses.asdict(settings)
+    values.update({k: _coerce(k, v, "settings") for k, v in current.items()})
+    for key in FIELDS:
+        if FIELDS[key].metadata.get("secret"):
+            values[key] = getattr(settings, key)
+    _validate(values)
+    settings.profile_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return Settings(**values)

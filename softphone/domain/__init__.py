@@ -1,0 +1,1 @@
+"""Pure domain: state machines, value objects, validation. No asyncio, no SDKs."""

@@ -1,0 +1,1 @@
+"""LiveKit RTC sessions: connect, publish the mic, play and record remote audio."""

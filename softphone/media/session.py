@@ -1,0 +1,387 @@
+"""One RTC session: a ``livekit.rtc.Room`` joined with a token.
+
+The session connects, publishes an audio track from a given source, hands
+out the audio of each remote participant as it arrives, surfaces connection
+changes (reconnecting, reconnected, disconnected with a reason) as typed
+events, and disconnects cleanly. An app can hold several at once (the agent's
+call leg and consult leg).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal
+
+from livekit import rtc
+
+from softphone.domain.events import EventEmitter
+from softphone.errors import MediaError, ValidationError
+
+log = logging.getLogger(__name__)
+
+SessionEvent = Literal[
+    "connected",
+    "reconnecting",
+    "reconnected",
+    "disconnected",
+    "participant_joined",
+    "participant_left",
+    "participant_attributes_changed",
+    "remote_audio",
+    "remote_audio_ended",
+    "room_metadata_changed",
+    "data",
+    "connection_quality",
+]
+
+SAMPLE_RATE = 48000
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteAudio:
+    """The audio track of one remote participant."""
+
+    identity: str
+    track: rtc.RemoteAudioTrack
+    sid: str
+
+    def stream(self, *, sample_rate: int = SAMPLE_RATE, frame_size_ms: int = 10) -> rtc.AudioStream:
+        """A new stream of this track's frames (mono); close it with ``aclose()``."""
+        return rtc.AudioStream.from_track(
+            track=self.track, sample_rate=sample_rate, num_channels=1,
+            frame_size_ms=frame_size_ms,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataMessage:
+    """A data packet received in the room."""
+
+    topic: str
+    sender: str | None
+    payload: bytes
+
+    def json(self) -> Any:
+        """The payload decoded as JSON.
+
+        Raises:
+            ValidationError: The payload is not valid UTF-8 JSON.
+        """
+        try:
+            return json.loads(self.payload.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValidationError("payload", "not valid JSON") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Disconnected:
+    """Why a session ended: ``client`` (we left), ``removed``, ``room_deleted``, ..."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticipantChange:
+    """A remote participant joined, left or changed attributes."""
+
+    identity: str
+    attributes: Mapping[str, str]
+    kind: str
+
+
+_REASONS = {
+    rtc.DisconnectReason.CLIENT_INITIATED: "client",
+    rtc.DisconnectReason.PARTICIPANT_REMOVED: "removed",
+    rtc.DisconnectReason.ROOM_DELETED: "room_deleted",
+    rtc.DisconnectReason.DUPLICATE_IDENTITY: "duplicate_identity",
+    rtc.DisconnectReason.SERVER_SHUTDOWN: "server_shutdown",
+    rtc.DisconnectReason.JOIN_FAILURE: "join_failure",
+    rtc.DisconnectReason.ROOM_CLOSED: "room_closed",
+    rtc.DisconnectReason.SIGNAL_CLOSE: "signal_closed",
+}
+
+
+def _kind(p: rtc.Participant) -> str:
+    return "sip" if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP else "standard"
+
+
+class RtcSession(EventEmitter[SessionEvent]):
+    """A connection to one LiveKit room.
+
+    Use as ``async with RtcSession(url=..., token=...) as session:``.
+
+    Args:
+        url: The LiveKit server URL.
+        token: An access token for one identity in one room.
+        connect_timeout_s: How long connecting may take.
+    """
+
+    def __init__(self, *, url: str, token: str, connect_timeout_s: float = 10.0) -> None:
+        super().__init__()
+        self._url = url
+        self._token = token
+        self._timeout = connect_timeout_s
+        self.room = rtc.Room()
+        self._mic: rtc.LocalAudioTrack | None = None
+        self._mic_pub: rtc.LocalTrackPublication | None = None
+        self._remote: dict[str, RemoteAudio] = {}
+        self._audio_waiters: list[asyncio.Queue[RemoteAudio]] = []
+        self._closed = False
+        self._muted = False
+        self.disconnect_reason: str | None = None
+        self._wire()
+
+    @property
+    def identity(self) -> str:
+        """Our own identity in the room."""
+        return self.room.local_participant.identity
+
+    @property
+    def room_name(self) -> str:
+        """The name of the room this session joined."""
+        return self.room.name
+
+    @property
+    def connected(self) -> bool:
+        """True while connected (including while reconnecting)."""
+        return self.room.isconnected()
+
+    @property
+    def muted(self) -> bool:
+        """Whether the published audio track is muted."""
+        return self._muted
+
+    def remote_identities(self) -> list[str]:
+        """Identities of the visible remote participants."""
+        return list(self.room.remote_participants)
+
+    def _wire(self) -> None:
+        r = self.room
+
+        @r.on("track_subscribed")
+        def _sub(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+            if isinstance(track, rtc.RemoteAudioTrack):
+                audio = RemoteAudio(identity=p.identity, track=track, sid=pub.sid)
+                self._remote[pub.sid] = audio
+                for q in self._audio_waiters:
+                    q.put_nowait(audio)
+                self.emit("remote_audio", audio)
+
+        @r.on("track_unsubscribed")
+        def _unsub(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+            audio = self._remote.pop(pub.sid, None)
+            if audio is not None:
+                self.emit("remote_audio_ended", audio)
+
+        @r.on("participant_connected")
+        def _joined(p: rtc.RemoteParticipant) -> None:
+            self.emit("participant_joined", ParticipantChange(p.identity, dict(p.attributes), _kind(p)))
+
+        @r.on("participant_disconnected")
+        def _left(p: rtc.RemoteParticipant) -> None:
+            self.emit("participant_left", ParticipantChange(p.identity, dict(p.attributes), _kind(p)))
+
+        @r.on("participant_attributes_changed")
+        def _attrs(changed: dict[str, str], p: rtc.Participant) -> None:
+            self.emit(
+                "participant_attributes_changed",
+                ParticipantChange(p.identity, dict(p.attributes), _kind(p)),
+            )
+
+        @r.on("room_metadata_changed")
+        def _meta(old: str, new: str) -> None:
+            self.emit("room_metadata_changed", new)
+
+        @r.on("data_received")
+        def _data(packet: rtc.DataPacket) -> None:
+            sender = packet.participant.identity if packet.participant else None
+            self.emit("data", DataMessage(packet.topic or "", sender, bytes(packet.data)))
+
+        @r.on("reconnecting")
+        def _reconnecting() -> None:
+            self.emit("reconnecting")
+
+        @r.on("reconnected")
+        def _reconnected() -> None:
+            self.emit("reconnected")
+
+        @r.on("connection_quality_changed")
+        def _quality(p: rtc.Participant, q: int) -> None:
+            if p.identity == r.local_participant.identity:
+                self.emit("connection_quality", int(q))
+
+        @r.on("disconnected")
+        def _disconnected(reason: int) -> None:
+            self.disconnect_reason = _REASONS.get(reason, "network")
+            for q in self._audio_waiters:
+                q.put_nowait(None)  # type: ignore[arg-type]
+            self.emit("disconnected", Disconnected(self.disconnect_reason))
+
+    async def connect(self) -> RtcSession:
+        """Join the room.
+
+        Raises:
+            MediaError: The server refused the token or could not be reached.
+        """
+        try:
+            await asyncio.wait_for(
+                self.room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=True)),
+                self._timeout,
+            )
+        except (rtc.ConnectError, TimeoutError) as exc:
+            text = str(exc).lower()
+            retryable = isinstance(exc, TimeoutError) or "timeout" in text
+            raise MediaError(
+                "could not join the room: "
+                + ("timed out" if retryable else "the server refused the connection"),
+                retryable=retryable,
+            ) from exc
+        for p in self.room.remote_participants.values():
+            for pub in p.track_publications.values():
+                track = pub.track
+                if isinstance(track, rtc.RemoteAudioTrack) and pub.sid not in self._remote:
+                    self._remote[pub.sid] = RemoteAudio(p.identity, track, pub.sid)
+        self.emit("connected")
+        return self
+
+    async def publish_audio(self, source: rtc.AudioSource, *, name: str = "microphone") -> None:
+        """Publish ``source`` as this participant's microphone track.
+
+        Raises:
+            MediaError: The track could not be published (e.g. no publish grant).
+        """
+        track = rtc.LocalAudioTrack.create_audio_track(name, source)
+        opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        try:
+            self._mic_pub = await self.room.local_participant.publish_track(track, opts)
+        except Exception as exc:
+            raise MediaError("could not publish the microphone track") from exc
+        self._mic = track
+        if self._muted:
+            track.mute()
+
+    async def unpublish_audio(self) -> None:
+        """Stop publishing the microphone track."""
+        pub, self._mic_pub, self._mic = self._mic_pub, None, None
+        if pub is not None and self.room.isconnected():
+            with contextlib.suppress(Exception):
+                await self.room.local_participant.unpublish_track(pub.sid)
+
+    def set_muted(self, muted: bool) -> None:
+        """Mute or unmute the microphone; a muted track sends no audio.
+
+        The choice is kept for a track published later.
+        """
+        self._muted = muted
+        if self._mic is None:
+            return
+        if muted:
+            self._mic.mute()
+        else:
+            self._mic.unmute()
+
+    async def remote_audio(self) -> AsyncIterator[RemoteAudio]:
+        """Yield every remote audio track: those present now, then each new one.
+
+        Ends when the session disconnects.
+        """
+        q: asyncio.Queue[RemoteAudio] = asyncio.Queue()
+        for audio in self._remote.values():
+            q.put_nowait(audio)
+        self._audio_waiters.append(q)
+        try:
+            while True:
+                audio = await q.get()
+                if audio is None:
+                    return
+                yield audio
+        finally:
+            self._audio_waiters.remove(q)
+
+    async def wait_for_audio(self, identity: str, timeout_s: float = 10.0) -> RemoteAudio:
+        """Return the audio track of ``identity``, waiting until it is subscribed.
+
+        Raises:
+            MediaError: It did not arrive in time.
+        """
+
+        async def find() -> RemoteAudio:
+            async for audio in self.remote_audio():
+                if audio.identity == identity:
+                    return audio
+            raise MediaError("disconnected while waiting for audio")
+
+        try:
+            return await asyncio.wait_for(find(), timeout_s)
+        except TimeoutError:
+            raise MediaError(
+                "no audio from the participant in time", retryable=True,
+                details={"identity": identity},
+            ) from None
+
+    async def send_data(
+        self, payload: bytes | str | Mapping[str, Any], *, topic: str,
+        destination_identities: Sequence[str] = (), reliable: bool = True,
+    ) -> None:
+        """Send a data packet to chosen identities (or everyone) in the room."""
+        if isinstance(payload, bytes):
+            data = payload
+        elif isinstance(payload, str):
+            data = payload.encode()
+        else:
+            data = json.dumps(payload).encode()
+        await self.room.local_participant.publish_data(
+            data, reliable=reliable, topic=topic, destination_identities=list(destination_identities)
+        )
+
+    def register_rpc(self, method: str, handler: Callable[[rtc.RpcInvocationData], Awaitable[str]]) -> None:
+        """Answer RPC calls to ``method`` with ``handler``."""
+        self.room.local_participant.register_rpc_method(method, handler)
+
+    async def perform_rpc(
+        self, destination: str, method: str, payload: str | Mapping[str, Any] = "",
+        *, timeout_s: float = 10.0,
+    ) -> str:
+        """Call an RPC method on another participant and return its answer.
+
+        Raises:
+            MediaError: The call failed or was not answered in time.
+        """
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        try:
+            return await self.room.local_participant.perform_rpc(
+                destination_identity=destination, method=method, payload=text,
+                response_timeout=timeout_s,
+            )
+        except rtc.RpcError as exc:
+            raise MediaError(
+                f"rpc {method} failed: {exc.message}", retryable=exc.code in (1501, 1502),
+                details={"identity": destination, "rpc_code": exc.code},
+            ) from exc
+
+    async def set_attributes(self, attributes: Mapping[str, str]) -> None:
+        """Update our own participant attributes (needs the grant; agents have it)."""
+        await self.room.local_participant.set_attributes(dict(attributes))
+
+    async def aclose(self) -> None:
+        """Unpublish and leave the room; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.unpublish_audio()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+
+    async def __aenter__(self) -> RtcSession:
+        return await self.connect()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

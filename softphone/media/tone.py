@@ -1,0 +1,78 @@
+"""Generated audio: sine tones and silence, pushed in real time.
+
+Used for hold audio, ringback and test signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+from livekit import rtc
+
+SAMPLE_RATE = 48000
+FRAME_MS = 10
+LEAD_S = 0.03
+
+
+def tone_frame(
+    freq: float, start_sample: int, *, sample_rate: int = SAMPLE_RATE, frame_ms: int = FRAME_MS,
+    amplitude: float = 0.3,
+) -> rtc.AudioFrame:
+    """One mono 16-bit frame of a sine at ``freq`` Hz (0: silence), phase-continuous."""
+    n = sample_rate * frame_ms // 1000
+    t = (np.arange(n) + start_sample) / sample_rate
+    samples = amplitude * np.sin(2 * math.pi * freq * t) if freq > 0 else np.zeros(n)
+    pcm = (samples * 32767).astype(np.int16)
+    return rtc.AudioFrame(pcm.tobytes(), sample_rate, 1, n)
+
+
+class TonePlayer:
+    """Pushes a tone into an ``rtc.AudioSource`` in real time until stopped.
+
+    The frequency can be changed while it plays (0 is silence), which lets
+    tests mark an instant in the audio.
+
+    Args:
+        source: The audio source the frames go to (48 kHz mono).
+        freq: Initial frequency in Hz.
+    """
+
+    def __init__(self, source: rtc.AudioSource, freq: float = 440.0) -> None:
+        self._source = source
+        self.freq = freq
+        self._task: asyncio.Task[None] | None = None
+        self.changed_at: float | None = None
+
+    def set_freq(self, freq: float) -> float:
+        """Change the frequency; returns the monotonic time of the change."""
+        self.freq = freq
+        self.changed_at = time.monotonic()
+        return self.changed_at
+
+    def start(self) -> None:
+        """Start pushing frames in a background task."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        sample = 0
+        n = SAMPLE_RATE * FRAME_MS // 1000
+        started = time.monotonic()
+        while True:
+            # Stay at most LEAD_S ahead of real time, so that a change of
+            # frequency is heard promptly instead of after a full queue.
+            ahead = started + sample / SAMPLE_RATE - time.monotonic()
+            if ahead > LEAD_S:
+                await asyncio.sleep(ahead - LEAD_S)
+            await self._source.capture_frame(tone_frame(self.freq, sample))
+            sample += n
+
+    async def aclose(self) -> None:
+        """Stop pushing frames."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

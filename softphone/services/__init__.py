@@ -1,0 +1,1 @@
+"""Asyncio services without Qt: LiveKit server API, local server, history, transfers."""

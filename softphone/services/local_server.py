@@ -1,0 +1,244 @@
+"""A local ``livekit-server`` in dev mode, as a managed child process.
+
+Used by the app when no LiveKit URL is configured (embedded mode) and by the
+test suite's session fixture. The server listens on free loopback ports
+(signal/HTTP, RTC over TCP, RTC over one UDP port), its log goes to a file,
+and it is stopped with SIGTERM (SIGKILL after a grace period). On Linux the
+child also gets SIGTERM if this process dies, so no server outlives the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from softphone.config import Secret
+from softphone.errors import LocalServerError
+
+log = logging.getLogger(__name__)
+
+DEV_API_KEY = "devkey"
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerPorts:
+    """The loopback ports one local server listens on."""
+
+    signal: int
+    rtc_tcp: int
+    rtc_udp: int
+
+
+def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
+    """Return a port the OS considers free on ``host`` for the socket kind."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _pick_ports(host: str) -> ServerPorts:
+    ports: set[int] = set()
+    while len(ports) < 2:
+        ports.add(free_port(socket.SOCK_STREAM, host))
+    signal_port, tcp_port = sorted(ports)
+    udp = free_port(socket.SOCK_DGRAM, host)
+    return ServerPorts(signal=signal_port, rtc_tcp=tcp_port, rtc_udp=udp)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def server_config(host: str, ports: ServerPorts) -> str:
+    """The YAML config body for a loopback-only dev server on ``ports``."""
+    return (
+        f"port: {ports.signal}\n"
+        f'bind_addresses: ["{host}"]\n'
+        "rtc:\n"
+        f"  tcp_port: {ports.rtc_tcp}\n"
+        f"  udp_port: {ports.rtc_udp}\n"
+        f"  node_ip: {host}\n"
+        "  use_external_ip: false\n"
+        "  enable_loopback_candidate: true\n"
+        "logging:\n"
+        "  level: info\n"
+    )
+
+
+class LocalLiveKitServer:
+    """One ``livekit-server --dev`` on free loopback ports.
+
+    The server gets API key ``devkey`` and a random secret made for this
+    instance (``api_key``, ``api_secret``).
+
+    Use as ``async with LocalLiveKitServer(binary=...) as server:``; the server
+    is ready (its HTTP endpoint answers) when the block starts and stopped,
+    with no process left, when it ends.
+
+    Args:
+        binary: Path of the pinned livekit-server binary.
+        log_path: File the server's output goes to (default: a file next to
+            nothing; output is discarded).
+        host: Loopback address to bind.
+        ready_timeout: Seconds to wait for the server to answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: Path,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 20.0,
+    ) -> None:
+        self._binary = binary
+        self._log_path = log_path
+        self._host = host
+        self._ready_timeout = ready_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.api_key = DEV_API_KEY
+        # A fresh strong secret per server, so that nobody else on the machine
+        # can mint tokens for it (dev mode's placeholder "secret" is public).
+        self.api_secret = Secret(secrets.token_urlsafe(32))
+        self.ports: ServerPorts | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL clients connect to."""
+        return f"ws://{self._host}:{self._require_ports().signal}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP URL of the server API."""
+        return f"http://{self._host}:{self._require_ports().signal}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _require_ports(self) -> ServerPorts:
+        if self.ports is None:
+            raise LocalServerError("the local LiveKit server has not been started")
+        return self.ports
+
+    async def start(self, attempts: int = 3) -> LocalLiveKitServer:
+        """Start the server and wait until it answers.
+
+        A port taken between choosing and binding is retried with new ports.
+
+        Raises:
+            LocalServerError: It would not start; the message has its last log lines.
+        """
+        last: LocalServerError | None = None
+        for _ in range(attempts):
+            try:
+                await self._start_once()
+                return self
+            except LocalServerError as exc:
+                last = exc
+                await self.aclose()
+                if "address already in use" not in exc.message:
+                    raise
+        assert last is not None
+        raise last
+
+    async def _start_once(self) -> None:
+        self.ports = _pick_ports(self._host)
+        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        started = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                [str(self._binary), "--dev", "--config-body", server_config(self._host, self.ports)],
+                stdin=subprocess.DEVNULL,
+                # Keys go through the environment, not argv, which any local user can read.
+                env={**os.environ, "LIVEKIT_KEYS": f"{self.api_key}: {self.api_secret.get()}"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call
+            )
+        except OSError as exc:
+            raise LocalServerError(f"could not run {self._binary}: {exc.strerror}") from exc
+        finally:
+            if not isinstance(out, int):
+                out.close()
+        deadline = started + self._ready_timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                if self._proc.poll() is not None:
+                    raise LocalServerError(
+                        f"livekit-server exited with code {self._proc.returncode} at start:\n"
+                        + self.log_tail()
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(self.http_url)).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise LocalServerError(
+                        f"livekit-server did not answer within {self._ready_timeout:.0f} s:\n"
+                        + self.log_tail()
+                    )
+                await asyncio.sleep(0.02)
+        self.startup_seconds = time.monotonic() - started
+        log.info(
+            "local LiveKit server ready",
+            extra={"url": self.url, "ms": round(self.startup_seconds * 1000)},
+        )
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines of the server's log, for error messages."""
+        if not self._log_path or not self._log_path.exists():
+            return "(no log file)"
+        text = self._log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    async def __aenter__(self) -> LocalLiveKitServer:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

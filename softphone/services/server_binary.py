@@ -1,0 +1,142 @@
+"""Finding, or building, the pinned ``livekit-server`` binary.
+
+Search order: an explicit path (setting ``livekit_server_bin`` or
+``SOFTPHONE_LIVEKIT_SERVER``), then ``livekit-server`` on ``PATH`` if it is the
+pinned version, then the per-user cache, and last a build from the Go module
+registry into that cache (``go install ...@v<version>``), which takes a couple
+of minutes once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from softphone.errors import LocalServerError
+
+LIVEKIT_SERVER_VERSION = "1.13.5"
+LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
+BINARY_NAME = "livekit-server"
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The per-user cache directory holding built servers, one folder per version."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "softphone" / "livekit-server" / f"v{LIVEKIT_SERVER_VERSION}"
+
+
+def binary_version(path: Path) -> str | None:
+    """Return the version a livekit-server binary reports, or None if it does not run."""
+    try:
+        out = subprocess.run(
+            [str(path), "--version"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = out.stdout.strip().split()
+    return words[-1] if out.returncode == 0 and words else None
+
+
+def find_server_binary(explicit: str = "", env: Mapping[str, str] | None = None) -> Path | None:
+    """Find the pinned livekit-server without building it.
+
+    Args:
+        explicit: A path that must be used if given (from settings).
+        env: Environment to read (``SOFTPHONE_LIVEKIT_SERVER``, ``PATH``, cache dirs).
+
+    Returns:
+        The binary's path, or None when no usable binary is present.
+
+    Raises:
+        LocalServerError: An explicitly named binary does not exist or does not run.
+    """
+    env = os.environ if env is None else env
+    explicit = explicit or env.get("SOFTPHONE_LIVEKIT_SERVER", "")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file() or binary_version(path) is None:
+            raise LocalServerError(f"livekit-server at {path} does not exist or does not run")
+        return path
+    on_path = shutil.which(BINARY_NAME, path=env.get("PATH"))
+    if on_path:
+        version = binary_version(Path(on_path))
+        if version == LIVEKIT_SERVER_VERSION:
+            return Path(on_path)
+        log.info(
+            "livekit-server on PATH is not the pinned version; using the cache",
+            extra={"found_version": version, "pinned": LIVEKIT_SERVER_VERSION},
+        )
+    cached = cache_dir(env) / BINARY_NAME
+    if cached.is_file() and binary_version(cached) == LIVEKIT_SERVER_VERSION:
+        return cached
+    return None
+
+
+def build_server_binary(env: Mapping[str, str] | None = None) -> Path:
+    """Build the pinned livekit-server from the Go module registry into the cache.
+
+    The build goes to a temporary directory first and is moved in place only
+    when complete, so an interrupted build never leaves a broken binary.
+
+    Raises:
+        LocalServerError: Go is missing or the build failed; the message says
+            what to install or where to look.
+    """
+    env = dict(os.environ if env is None else env)
+    go = shutil.which("go", path=env.get("PATH"))
+    if go is None:
+        raise LocalServerError(
+            f"livekit-server {LIVEKIT_SERVER_VERSION} is not on PATH or in {cache_dir(env)}, "
+            "and Go is not installed to build it. Install Go (1.23 or newer), or put "
+            f"livekit-server {LIVEKIT_SERVER_VERSION} on PATH, or set SOFTPHONE_LIVEKIT_SERVER."
+        )
+    target = cache_dir(env)
+    target.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=target) as tmp:
+        env["GOBIN"] = tmp
+        env.setdefault("CGO_ENABLED", "0")
+        log.info("building livekit-server %s with Go; this takes a few minutes once",
+                 LIVEKIT_SERVER_VERSION)
+        proc = subprocess.run(
+            [go, "install", f"{LIVEKIT_SERVER_MODULE}@v{LIVEKIT_SERVER_VERSION}"],
+            env=env, capture_output=True, text=True, check=False,
+        )
+        built = Path(tmp) / "server"
+        if proc.returncode != 0 or not built.is_file():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise LocalServerError(
+                f"building livekit-server {LIVEKIT_SERVER_VERSION} with Go failed "
+                f"(exit {proc.returncode}):\n{tail}"
+            )
+        final = target / BINARY_NAME
+        os.replace(built, final)
+    log.info("built livekit-server", extra={"seconds": round(time.monotonic() - started, 1)})
+    return final
+
+
+def ensure_server_binary(explicit: str = "", env: Mapping[str, str] | None = None) -> Path:
+    """Find the pinned livekit-server, building it into the cache if needed.
+
+    Raises:
+        LocalServerError: No binary could be found or built.
+    """
+    return find_server_binary(explicit, env) or build_server_binary(env)
+
+
+def main() -> None:
+    """Command line: print the path of the server binary, building it if needed."""
+    print(ensure_server_binary())
+
+
+if __name__ == "__main__":
+    main()

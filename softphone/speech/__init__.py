@@ -1,0 +1,1 @@
+"""Speech: STT engines, live transcription and summarizers, one module per provider."""

@@ -1,0 +1,63 @@
+"""Session fixtures that start the real parts: the LiveKit server, its API, tokens."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from softphone.config import Secret
+from softphone.services.local_server import LocalLiveKitServer
+from softphone.services.room_admin import RoomAdmin
+from softphone.services.server_binary import ensure_server_binary
+from softphone.services.token_minter import TokenMinter
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory for logs of the real parts started in this session."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+async def livekit_server(artifacts_dir: Path) -> AsyncIterator[LocalLiveKitServer]:
+    """The real, pinned livekit-server in dev mode on free loopback ports."""
+    binary = ensure_server_binary()
+    server = LocalLiveKitServer(binary=binary, log_path=artifacts_dir / "livekit-server.log")
+    async with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def livekit_secret(livekit_server: LocalLiveKitServer) -> Secret:
+    """The test server's API secret."""
+    return livekit_server.api_secret
+
+
+@pytest.fixture(scope="session")
+def minter(livekit_server: LocalLiveKitServer) -> TokenMinter:
+    """Mints tokens the test server accepts."""
+    return TokenMinter(api_key=livekit_server.api_key, api_secret=livekit_server.api_secret)
+
+
+@pytest.fixture
+async def room_admin(
+    livekit_server: LocalLiveKitServer, livekit_secret: Secret
+) -> AsyncIterator[RoomAdmin]:
+    """Server API access to the test server."""
+    async with RoomAdmin(
+        url=livekit_server.url, api_key=livekit_server.api_key, api_secret=livekit_secret
+    ) as admin:
+        yield admin
+
+
+@pytest.fixture
+def room_name() -> str:
+    """A room name unique to the test."""
+    return f"t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
