@@ -145,8 +145,10 @@ class Settings:
     @property
     def recordings_path(self) -> Path:
         """Where this profile's recordings are written."""
-        return self.recordings_dir if str(self.recordings_dir) not in ("", ".") else (
-            self.profile_dir / "recordings"
+        return (
+            self.recordings_dir
+            if str(self.recordings_dir) not in ("", ".")
+            else (self.profile_dir / "recordings")
         )
 
     @property

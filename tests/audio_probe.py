@@ -55,7 +55,7 @@ class Capture:
         idx = 0
         for t, s in zip(self.times, self.samples, strict=True):
             for k in range(len(s) // n):
-                out.append((t, arr[idx + k * n: idx + (k + 1) * n]))
+                out.append((t, arr[idx + k * n : idx + (k + 1) * n]))
             idx += len(s)
         return out
 
@@ -66,8 +66,9 @@ class Capture:
                 return t
         return None
 
-    def longest_gap_ms(self, freqs: tuple[float, ...], start: float, end: float,
-                       threshold: float = 0.05) -> float:
+    def longest_gap_ms(
+        self, freqs: tuple[float, ...], start: float, end: float, threshold: float = 0.05
+    ) -> float:
         """Longest run (ms of audio) between ``start`` and ``end`` with none of ``freqs`` present."""
         longest = run = 0
         for t, w in self.windows():

@@ -23,9 +23,10 @@ async def test_tone_crosses_the_server_intact_and_continuous(
 ) -> None:
     a = minter.mint(role="caller", identity="caller-1", room=room_name)
     b = minter.mint(role="agent", identity="agent-1", room=room_name)
-    async with RtcSession(url=livekit_server.url, token=a.token) as sa, RtcSession(
-        url=livekit_server.url, token=b.token
-    ) as sb:
+    async with (
+        RtcSession(url=livekit_server.url, token=a.token) as sa,
+        RtcSession(url=livekit_server.url, token=b.token) as sb,
+    ):
         source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
         await sa.publish_audio(source)
         tone = TonePlayer(source, freq=0.0)
@@ -62,9 +63,10 @@ async def test_mute_stops_audio_at_the_far_end(
 ) -> None:
     a = minter.mint(role="agent", identity="agent-m", room=room_name)
     b = minter.mint(role="caller", identity="caller-m", room=room_name)
-    async with RtcSession(url=livekit_server.url, token=a.token) as sa, RtcSession(
-        url=livekit_server.url, token=b.token
-    ) as sb:
+    async with (
+        RtcSession(url=livekit_server.url, token=a.token) as sa,
+        RtcSession(url=livekit_server.url, token=b.token) as sb,
+    ):
         source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
         await sa.publish_audio(source)
         tone = TonePlayer(source, freq=440.0)

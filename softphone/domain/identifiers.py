@@ -23,7 +23,9 @@ def _check(value: object, field: str, pattern: re.Pattern[str], allowed: str) ->
     if len(value) > MAX_NAME_LENGTH:
         raise ValidationError(field, f"must be at most {MAX_NAME_LENGTH} characters")
     if not pattern.match(value):
-        raise ValidationError(field, f"may contain only {allowed}, and must start with one of the first two")
+        raise ValidationError(
+            field, f"may contain only {allowed}, and must start with one of the first two"
+        )
     return value
 
 

@@ -54,7 +54,9 @@ class RemoteAudio:
     def stream(self, *, sample_rate: int = SAMPLE_RATE, frame_size_ms: int = 10) -> rtc.AudioStream:
         """A new stream of this track's frames (mono); close it with ``aclose()``."""
         return rtc.AudioStream.from_track(
-            track=self.track, sample_rate=sample_rate, num_channels=1,
+            track=self.track,
+            sample_rate=sample_rate,
+            num_channels=1,
             frame_size_ms=frame_size_ms,
         )
 
@@ -165,7 +167,9 @@ class RtcSession(EventEmitter[SessionEvent]):
         r = self.room
 
         @r.on("track_subscribed")
-        def _sub(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        def _sub(
+            track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
+        ) -> None:
             if isinstance(track, rtc.RemoteAudioTrack):
                 audio = RemoteAudio(identity=p.identity, track=track, sid=pub.sid)
                 self._remote[pub.sid] = audio
@@ -174,18 +178,24 @@ class RtcSession(EventEmitter[SessionEvent]):
                 self.emit("remote_audio", audio)
 
         @r.on("track_unsubscribed")
-        def _unsub(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        def _unsub(
+            track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
+        ) -> None:
             audio = self._remote.pop(pub.sid, None)
             if audio is not None:
                 self.emit("remote_audio_ended", audio)
 
         @r.on("participant_connected")
         def _joined(p: rtc.RemoteParticipant) -> None:
-            self.emit("participant_joined", ParticipantChange(p.identity, dict(p.attributes), _kind(p)))
+            self.emit(
+                "participant_joined", ParticipantChange(p.identity, dict(p.attributes), _kind(p))
+            )
 
         @r.on("participant_disconnected")
         def _left(p: rtc.RemoteParticipant) -> None:
-            self.emit("participant_left", ParticipantChange(p.identity, dict(p.attributes), _kind(p)))
+            self.emit(
+                "participant_left", ParticipantChange(p.identity, dict(p.attributes), _kind(p))
+            )
 
         @r.on("participant_attributes_changed")
         def _attrs(changed: dict[str, str], p: rtc.Participant) -> None:
@@ -321,13 +331,18 @@ class RtcSession(EventEmitter[SessionEvent]):
             return await asyncio.wait_for(find(), timeout_s)
         except TimeoutError:
             raise MediaError(
-                "no audio from the participant in time", retryable=True,
+                "no audio from the participant in time",
+                retryable=True,
                 details={"identity": identity},
             ) from None
 
     async def send_data(
-        self, payload: bytes | str | Mapping[str, Any], *, topic: str,
-        destination_identities: Sequence[str] = (), reliable: bool = True,
+        self,
+        payload: bytes | str | Mapping[str, Any],
+        *,
+        topic: str,
+        destination_identities: Sequence[str] = (),
+        reliable: bool = True,
     ) -> None:
         """Send a data packet to chosen identities (or everyone) in the room."""
         if isinstance(payload, bytes):
@@ -337,16 +352,25 @@ class RtcSession(EventEmitter[SessionEvent]):
         else:
             data = json.dumps(payload).encode()
         await self.room.local_participant.publish_data(
-            data, reliable=reliable, topic=topic, destination_identities=list(destination_identities)
+            data,
+            reliable=reliable,
+            topic=topic,
+            destination_identities=list(destination_identities),
         )
 
-    def register_rpc(self, method: str, handler: Callable[[rtc.RpcInvocationData], Awaitable[str]]) -> None:
+    def register_rpc(
+        self, method: str, handler: Callable[[rtc.RpcInvocationData], Awaitable[str]]
+    ) -> None:
         """Answer RPC calls to ``method`` with ``handler``."""
         self.room.local_participant.register_rpc_method(method, handler)
 
     async def perform_rpc(
-        self, destination: str, method: str, payload: str | Mapping[str, Any] = "",
-        *, timeout_s: float = 10.0,
+        self,
+        destination: str,
+        method: str,
+        payload: str | Mapping[str, Any] = "",
+        *,
+        timeout_s: float = 10.0,
     ) -> str:
         """Call an RPC method on another participant and return its answer.
 
@@ -356,12 +380,15 @@ class RtcSession(EventEmitter[SessionEvent]):
         text = payload if isinstance(payload, str) else json.dumps(payload)
         try:
             return await self.room.local_participant.perform_rpc(
-                destination_identity=destination, method=method, payload=text,
+                destination_identity=destination,
+                method=method,
+                payload=text,
                 response_timeout=timeout_s,
             )
         except rtc.RpcError as exc:
             raise MediaError(
-                f"rpc {method} failed: {exc.message}", retryable=exc.code in (1501, 1502),
+                f"rpc {method} failed: {exc.message}",
+                retryable=exc.code in (1501, 1502),
                 details={"identity": destination, "rpc_code": exc.code},
             ) from exc
 

@@ -18,7 +18,11 @@ LEAD_S = 0.03
 
 
 def tone_frame(
-    freq: float, start_sample: int, *, sample_rate: int = SAMPLE_RATE, frame_ms: int = FRAME_MS,
+    freq: float,
+    start_sample: int,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    frame_ms: int = FRAME_MS,
     amplitude: float = 0.3,
 ) -> rtc.AudioFrame:
     """One mono 16-bit frame of a sine at ``freq`` Hz (0: silence), phase-continuous."""

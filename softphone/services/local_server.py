@@ -172,14 +172,19 @@ class LocalLiveKitServer:
         started = time.monotonic()
         try:
             self._proc = subprocess.Popen(
-                [str(self._binary), "--dev", "--config-body", server_config(self._host, self.ports)],
+                [
+                    str(self._binary),
+                    "--dev",
+                    "--config-body",
+                    server_config(self._host, self.ports),
+                ],
                 stdin=subprocess.DEVNULL,
                 # Keys go through the environment, not argv, which any local user can read.
                 env={**os.environ, "LIVEKIT_KEYS": f"{self.api_key}: {self.api_secret.get()}"},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             raise LocalServerError(f"could not run {self._binary}: {exc.strerror}") from exc

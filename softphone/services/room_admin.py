@@ -57,8 +57,12 @@ class ParticipantInfo:
 
 def _room(r: Any) -> RoomInfo:
     return RoomInfo(
-        name=r.name, sid=r.sid, metadata=r.metadata, num_participants=r.num_participants,
-        created_at=float(r.creation_time), empty_timeout_s=r.empty_timeout,
+        name=r.name,
+        sid=r.sid,
+        metadata=r.metadata,
+        num_participants=r.num_participants,
+        created_at=float(r.creation_time),
+        empty_timeout_s=r.empty_timeout,
         departure_timeout_s=r.departure_timeout,
     )
 
@@ -70,8 +74,12 @@ def _kind_name(kind: int) -> str:
 
 def _participant(p: Any) -> ParticipantInfo:
     return ParticipantInfo(
-        identity=p.identity, sid=p.sid, name=p.name, kind=_kind_name(p.kind),
-        attributes=dict(p.attributes), joined_at=float(p.joined_at),
+        identity=p.identity,
+        sid=p.sid,
+        name=p.name,
+        kind=_kind_name(p.kind),
+        attributes=dict(p.attributes),
+        joined_at=float(p.joined_at),
         audio_tracks=sum(1 for t in p.tracks if t.type == api.TrackType.AUDIO),
         hidden=bool(p.permission.hidden),
     )
@@ -93,7 +101,10 @@ class RoomAdmin:
         self, *, url: str, api_key: str, api_secret: Secret, timeout_s: float = 10.0
     ) -> None:
         self._api = api.LiveKitAPI(
-            url, api_key, api_secret.get(), timeout=aiohttp.ClientTimeout(total=timeout_s),
+            url,
+            api_key,
+            api_secret.get(),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
             failover=False,
         )
 
@@ -117,12 +128,14 @@ class RoomAdmin:
                 raise NotFoundError(f"{what}: not found", details=details) from exc
             raise LiveKitError(
                 f"{what} failed: {exc.code} ({exc.status})",
-                retryable=exc.status >= 500 or exc.status == 429, details=details,
+                retryable=exc.status >= 500 or exc.status == 429,
+                details=details,
             ) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise LiveKitError(
                 f"{what}: LiveKit server unreachable ({exc.__class__.__name__})",
-                retryable=True, details=details,
+                retryable=True,
+                details=details,
             ) from exc
 
     async def create_room(
@@ -148,8 +161,11 @@ class RoomAdmin:
         if empty_timeout_s < 0 or departure_timeout_s < 0 or max_participants < 0:
             raise ValidationError("timeouts", "must not be negative")
         req = proto_room.CreateRoomRequest(
-            name=name, empty_timeout=empty_timeout_s, departure_timeout=departure_timeout_s,
-            metadata=metadata, max_participants=max_participants,
+            name=name,
+            empty_timeout=empty_timeout_s,
+            departure_timeout=departure_timeout_s,
+            metadata=metadata,
+            max_participants=max_participants,
         )
         return _room(await self._call("create room", self._api.room.create_room(req), room=name))
 
@@ -179,7 +195,8 @@ class RoomAdmin:
         try:
             await self._call(
                 "delete room",
-                self._api.room.delete_room(proto_room.DeleteRoomRequest(room=name)), room=name,
+                self._api.room.delete_room(proto_room.DeleteRoomRequest(room=name)),
+                room=name,
             )
         except NotFoundError:
             return
@@ -190,8 +207,9 @@ class RoomAdmin:
         _check_metadata(metadata)
         req = proto_room.UpdateRoomMetadataRequest(room=name, metadata=metadata)
         return _room(
-            await self._call("update room metadata",
-                             self._api.room.update_room_metadata(req), room=name)
+            await self._call(
+                "update room metadata", self._api.room.update_room_metadata(req), room=name
+            )
         )
 
     async def list_participants(self, room: str) -> list[ParticipantInfo]:
@@ -214,8 +232,9 @@ class RoomAdmin:
         validate_identity(identity)
         req = proto_room.RoomParticipantIdentity(room=room, identity=identity)
         return _participant(
-            await self._call("get participant", self._api.room.get_participant(req),
-                             room=room, identity=identity)
+            await self._call(
+                "get participant", self._api.room.get_participant(req), room=room, identity=identity
+            )
         )
 
     async def remove_participant(self, room: str, identity: str) -> None:
@@ -227,8 +246,12 @@ class RoomAdmin:
         validate_room_name(room)
         validate_identity(identity)
         req = proto_room.RoomParticipantIdentity(room=room, identity=identity)
-        await self._call("remove participant", self._api.room.remove_participant(req),
-                         room=room, identity=identity)
+        await self._call(
+            "remove participant",
+            self._api.room.remove_participant(req),
+            room=room,
+            identity=identity,
+        )
 
     async def update_participant(
         self,
@@ -248,11 +271,18 @@ class RoomAdmin:
             if not isinstance(k, str) or not isinstance(v, str) or not k:
                 raise ValidationError("attributes", "keys and values must be text, keys non-empty")
         req = proto_room.UpdateParticipantRequest(
-            room=room, identity=identity, attributes=attrs, metadata=metadata or "",
+            room=room,
+            identity=identity,
+            attributes=attrs,
+            metadata=metadata or "",
         )
         return _participant(
-            await self._call("update participant", self._api.room.update_participant(req),
-                             room=room, identity=identity)
+            await self._call(
+                "update participant",
+                self._api.room.update_participant(req),
+                room=room,
+                identity=identity,
+            )
         )
 
     async def send_data(
@@ -283,7 +313,10 @@ class RoomAdmin:
             raise ValidationError("payload", f"must be at most {MAX_DATA_BYTES} bytes")
         kind = api.DataPacket.Kind.RELIABLE if reliable else api.DataPacket.Kind.LOSSY
         req = proto_room.SendDataRequest(
-            room=room, data=data, kind=kind, topic=topic,
+            room=room,
+            data=data,
+            kind=kind,
+            topic=topic,
             destination_identities=list(destination_identities),
         )
         await self._call("send data", self._api.room.send_data(req), room=room, topic=topic)
@@ -311,18 +344,26 @@ class RoomAdmin:
             raise ValidationError("method", "must not be empty")
         text = payload if isinstance(payload, str) else json.dumps(payload)
         req = proto_room.PerformRpcRequest(
-            room=room, destination_identity=destination_identity, method=method,
-            payload=text, response_timeout_ms=int(response_timeout_s * 1000),
+            room=room,
+            destination_identity=destination_identity,
+            method=method,
+            payload=text,
+            response_timeout_ms=int(response_timeout_s * 1000),
         )
         client = self._api.room._client
         headers = self._api.room._auth_header(api.VideoGrants(room_admin=True, room=room))
         res = await self._call(
             f"rpc {method}",
             client.request(
-                "RoomService", "PerformRpc", req, headers, proto_room.PerformRpcResponse,
+                "RoomService",
+                "PerformRpc",
+                req,
+                headers,
+                proto_room.PerformRpcResponse,
                 timeout=aiohttp.ClientTimeout(total=response_timeout_s + 5),
             ),
-            room=room, identity=destination_identity,
+            room=room,
+            identity=destination_identity,
         )
         return str(res.payload)
 

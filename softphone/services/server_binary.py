@@ -105,11 +105,16 @@ def build_server_binary(env: Mapping[str, str] | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=target) as tmp:
         env["GOBIN"] = tmp
         env.setdefault("CGO_ENABLED", "0")
-        log.info("building livekit-server %s with Go; this takes a few minutes once",
-                 LIVEKIT_SERVER_VERSION)
+        log.info(
+            "building livekit-server %s with Go; this takes a few minutes once",
+            LIVEKIT_SERVER_VERSION,
+        )
         proc = subprocess.run(
             [go, "install", f"{LIVEKIT_SERVER_MODULE}@v{LIVEKIT_SERVER_VERSION}"],
-            env=env, capture_output=True, text=True, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         built = Path(tmp) / "server"
         if proc.returncode != 0 or not built.is_file():

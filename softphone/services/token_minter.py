@@ -111,7 +111,10 @@ class TokenMinter:
             .with_attributes({"role": role, **(attributes or {})})
         )
         return IssuedToken(
-            token=token.to_jwt(), identity=identity, room=room, role=role,
+            token=token.to_jwt(),
+            identity=identity,
+            room=room,
+            role=role,
             expires_at=time.time() + ttl,
         )
 
@@ -121,12 +124,21 @@ class TokenMinter:
         if role == "supervisor":
             speaking = mode in ("whisper", "barge")
             return api.VideoGrants(
-                room_join=True, room=room, can_subscribe=True, can_publish_data=True,
-                can_publish=speaking, can_publish_sources=mic_only if speaking else [],
-                hidden=mode == "listen", can_update_own_metadata=False,
+                room_join=True,
+                room=room,
+                can_subscribe=True,
+                can_publish_data=True,
+                can_publish=speaking,
+                can_publish_sources=mic_only if speaking else [],
+                hidden=mode == "listen",
+                can_update_own_metadata=False,
             )
         return api.VideoGrants(
-            room_join=True, room=room, can_subscribe=True, can_publish_data=True,
-            can_publish=True, can_publish_sources=mic_only,
+            room_join=True,
+            room=room,
+            can_subscribe=True,
+            can_publish_data=True,
+            can_publish=True,
+            can_publish_sources=mic_only,
             can_update_own_metadata=role == "agent",
         )
