@@ -98,6 +98,10 @@ class Settings:
 
     backend_url: str = _field("", "softphone backend URL (empty: embedded services)")
     backend_api_key: Secret | None = _field(None, "API key for the backend", secret=True)
+    backend_keys_file: Path = _field(
+        Path(), "backend only: JSON file mapping API keys to identity and role"
+    )
+    move_timeout_s: float = _field(8.0, "seconds a caller's app may take to move rooms", min=1)
 
     offer_timeout_s: float = _field(30.0, "seconds a transfer offer rings before no-answer", min=1)
     summary_timeout_s: float = _field(10.0, "seconds the summarizer may take", min=0.1)
