@@ -7,8 +7,10 @@ Settings are loaded in this order, later sources winning::
 Environment variables are ``SOFTPHONE_<FIELD>`` for every field, plus the
 ecosystem's usual names: ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``,
 ``LIVEKIT_API_SECRET``, ``ASSEMBLYAI_API_KEY``, ``OPENAI_API_KEY`` and
-``OPENAI_BASE_URL``. Each profile has its own directory (settings, history
-database, recordings, logs) under ``SOFTPHONE_HOME`` (default
+``OPENAI_BASE_URL``. Secrets may also come from the OS keychain (service
+``softphone``, user ``<profile>/<field>``), ranking with the settings file.
+Each profile has its own directory (settings, history database, recordings,
+logs) under ``SOFTPHONE_HOME`` (default
 ``$XDG_DATA_HOME/softphone``), so several instances run side by side.
 
 Secrets are held in :class:`Secret`, whose ``str`` and ``repr`` are redacted,
@@ -295,6 +297,20 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     return data
 
 
+KEYCHAIN_SERVICE = "softphone"
+
+
+def keychain_secret(profile: str, name: str) -> Secret | None:
+    """The secret ``name`` of ``profile`` in the OS keychain (``None``: none or no keychain)."""
+    try:
+        import keyring
+
+        value = keyring.get_password(KEYCHAIN_SERVICE, f"{profile}/{name}")
+    except Exception:  # no keychain backend, locked keychain, ...
+        return None
+    return Secret(value) if value else None
+
+
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     *,
@@ -337,6 +353,9 @@ def load_settings(
             if key in ("profile", "home"):
                 continue
             values[key] = _coerce(key, raw, source)
+    for key, f in FIELDS.items():  # the keychain ranks with the file: below env and CLI
+        if f.metadata.get("secret") and values[key] is None:
+            values[key] = keychain_secret(profile, key)
     _validate(values)
     return Settings(**values)
 
