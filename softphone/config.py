@@ -113,6 +113,12 @@ class Settings:
     stt_device: str = _field("cpu", "faster-whisper device (cpu, cuda, auto)")
     stt_compute_type: str = _field("int8", "faster-whisper compute type")
     live_transcript: bool = _field(True, "transcribe calls live")
+    speech_max_upload_mb: int = _field(
+        50, "largest audio upload the speech route accepts, MB", min=1, max=2048
+    )
+    speech_max_duration_s: float = _field(
+        3600.0, "longest audio the speech route accepts, seconds", min=1
+    )
     assemblyai_api_key: Secret | None = _field(
         None, "AssemblyAI API key", env=("ASSEMBLYAI_API_KEY",), secret=True
     )
@@ -250,12 +256,12 @@ def _validate(values: dict[str, Any]) -> None:
         url = values[key]
         if url and not re.match(r"^https?://[^\s/]+", url):
             raise ConfigError(f"{key}: expected an http:// or https:// URL")
-    if values["livekit_url"] and not (values["livekit_api_key"] and values["livekit_api_secret"]):
-        if not values["backend_url"]:
-            raise ConfigError(
-                "livekit_url is set but LIVEKIT_API_KEY / LIVEKIT_API_SECRET are not: "
-                "set both, or use a backend (--backend URL)"
-            )
+    has_keys = values["livekit_api_key"] and values["livekit_api_secret"]
+    if values["livekit_url"] and not has_keys and not values["backend_url"]:
+        raise ConfigError(
+            "livekit_url is set but LIVEKIT_API_KEY / LIVEKIT_API_SECRET are not: "
+            "set both, or use a backend (--backend URL)"
+        )
     level = values["log_level"].upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("log_level: must be DEBUG, INFO, WARNING or ERROR")

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from types import TracebackType
 
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment
@@ -61,6 +62,17 @@ class Summarizer(abc.ABC):
             extra={"summarizer": self.name, "ms": round((time.monotonic() - started) * 1000)},
         )
         return dataclasses.replace(card, source=self.name)
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook for HTTP-based providers
+        """Release the provider's resources (HTTP clients); the base holds none."""
+
+    async def __aenter__(self) -> Summarizer:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
     @abc.abstractmethod
     async def _summarize_impl(self, segments: Sequence[TranscriptSegment]) -> SummaryCard:

@@ -1,0 +1,468 @@
+"""Live transcription: each speaker's audio in, transcript segments out as the call goes on.
+
+Audio arrives per speaker (a remote participant's track, or the local mic's
+frames); speaker attribution comes from the track, not from diarization. A
+small energy-based voice-activity detector with an adaptive noise floor cuts
+each speaker's audio into utterances: one ends after ``silence_s`` of quiet
+or at ``max_utterance_s``. Each utterance goes to faster-whisper in one worker
+thread (never the event loop or the UI thread) and comes back as a final
+:class:`TranscriptSegment`, emitted as a ``segment`` event and persisted with
+:meth:`HistoryStore.add_segment` when a store is given. While someone talks,
+partial segments (``final=False``, same ``segment_id``) are emitted when the
+worker is idle; the final one replaces them.
+
+A failure of the speech engine never stops the call: it is emitted as an
+``error`` event and the next utterance is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from softphone.config import Settings
+from softphone.domain.events import EventEmitter
+from softphone.domain.transcript import TranscriptSegment
+from softphone.errors import SoftphoneError, SpeechError
+from softphone.media.session import RemoteAudio
+from softphone.services.history import HistoryStore
+from softphone.speech.whisper_engine import SAMPLE_RATE, WhisperEngine, shared_engine
+
+log = logging.getLogger(__name__)
+
+LiveEvent = Literal["segment", "error"]
+
+FRAME = SAMPLE_RATE * 30 // 1000  # VAD frame: 30 ms at 16 kHz
+PRE_ROLL_FRAMES = 7  # ~200 ms kept before speech starts, so first syllables survive
+MIN_THRESHOLD = 10 ** (-45 / 20)  # never call anything below -45 dBFS speech
+FLOOR_MARGIN = 10 ** (12 / 20)  # speech is at least 12 dB above the noise floor
+
+
+def to_16k(samples: np.ndarray[Any, Any], sample_rate: int) -> np.ndarray[Any, Any]:
+    """Mono float32 samples in [-1, 1] at 16 kHz, from int16 or float input at any rate."""
+    x = samples.astype(np.float32)
+    if samples.dtype == np.int16:
+        x /= 32768.0
+    if sample_rate == SAMPLE_RATE:
+        return x
+    if sample_rate % SAMPLE_RATE == 0:  # 48 kHz: average groups of 3 (a simple low-pass)
+        k = sample_rate // SAMPLE_RATE
+        n = len(x) // k * k
+        return x[:n].reshape(-1, k).mean(axis=1)
+    n_out = round(len(x) * SAMPLE_RATE / sample_rate)
+    return np.interp(np.linspace(0, len(x) - 1, n_out), np.arange(len(x)), x).astype(np.float32)
+
+
+@dataclasses.dataclass
+class _Speaker:
+    """VAD and timing state of one speaker on one leg."""
+
+    speaker: str
+    leg: str
+    origin_s: float  # call time of this stream's first sample
+    samples: int = 0  # samples seen in this stream (16 kHz)
+    rest: np.ndarray[Any, Any] = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    floor: float = MIN_THRESHOLD / FLOOR_MARGIN
+    in_speech: bool = False
+    voiced_run: int = 0
+    silent_run: int = 0
+    pre_roll: list[np.ndarray[Any, Any]] = dataclasses.field(default_factory=list)
+    utterance: list[np.ndarray[Any, Any]] = dataclasses.field(default_factory=list)
+    utt_start_s: float = 0.0
+    last_voiced_end_s: float = 0.0
+    last_voiced_wall: float = 0.0
+    voiced_frames: int = 0
+    utt_frames: int = 0
+    frames_at_partial: int = 0
+    counter: int = 0
+    segment_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    state_key: tuple[str, str]
+    segment_id: str
+    speaker: str
+    leg: str
+    start_s: float
+    end_s: float
+    audio: np.ndarray[Any, Any]
+    final: bool
+    spoken_wall: float
+
+
+class LiveTranscriber(EventEmitter[LiveEvent]):
+    """Turns each speaker's audio into transcript segments while the call goes on.
+
+    Use as ``async with LiveTranscriber(...) as live:``; then
+    :meth:`add_remote` for each remote track and :meth:`feed` for local mic
+    frames. Listen with ``live.on("segment", fn)`` (payload:
+    :class:`TranscriptSegment`, ``final`` False for partials) and
+    ``live.on("error", fn)`` (payload: :class:`SpeechError`).
+
+    Args:
+        engine: A loaded engine; if None, the shared one for ``model``/``device``/
+            ``compute_type`` is loaded in a worker thread at :meth:`start`.
+        model: Model name or path (``tiny.en`` = bundled, no download).
+        device: faster-whisper device.
+        compute_type: faster-whisper compute type.
+        history: Where final segments are persisted (with ``call_id``).
+        call_id: The call the segments belong to in the history.
+        call_started_at: ``clock()`` value at which the call began (default: now).
+        clock: Monotonic clock, seconds.
+        silence_s: Quiet that ends an utterance.
+        max_utterance_s: Longest utterance before it is cut.
+        min_speech_s: Shorter bursts are ignored (clicks, noise).
+        partials: Emit partial segments while someone talks.
+        partial_interval_s: Speech between two partials of one utterance.
+        beam_size: faster-whisper beam width (1: greedy, fastest).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: WhisperEngine | None = None,
+        model: str = "tiny.en",
+        device: str = "cpu",
+        compute_type: str = "int8",
+        history: HistoryStore | None = None,
+        call_id: str | None = None,
+        call_started_at: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        silence_s: float = 0.5,
+        max_utterance_s: float = 15.0,
+        min_speech_s: float = 0.25,
+        partials: bool = True,
+        partial_interval_s: float = 1.5,
+        beam_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self._engine = engine
+        self._engine_options = {"model": model, "device": device, "compute_type": compute_type}
+        self._history = history
+        self._call_id = call_id
+        self._clock = clock
+        self.call_started_at = clock() if call_started_at is None else call_started_at
+        self._silence_frames = max(1, round(silence_s * SAMPLE_RATE / FRAME))
+        self._max_frames = max(2, round(max_utterance_s * SAMPLE_RATE / FRAME))
+        self._min_frames = max(1, round(min_speech_s * SAMPLE_RATE / FRAME))
+        self._partials = partials
+        self._partial_frames = max(1, round(partial_interval_s * SAMPLE_RATE / FRAME))
+        self._beam_size = beam_size
+        self._speakers: dict[tuple[str, str], _Speaker] = {}
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._busy = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._worker: asyncio.Task[None] | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="live-stt")
+        self._closed = False
+        self._finalized: set[str] = set()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        history: HistoryStore | None = None,
+        call_id: str | None = None,
+        **kw: Any,
+    ) -> LiveTranscriber:
+        """A transcriber using the ``stt_model``, ``stt_device`` and ``stt_compute_type`` settings."""
+        return cls(
+            model=settings.stt_model,
+            device=settings.stt_device,
+            compute_type=settings.stt_compute_type,
+            history=history,
+            call_id=call_id,
+            **kw,
+        )
+
+    @property
+    def engine(self) -> WhisperEngine | None:
+        """The loaded engine (None before :meth:`start`)."""
+        return self._engine
+
+    async def start(self) -> LiveTranscriber:
+        """Load the model (in a worker thread) and start the transcription worker.
+
+        Raises:
+            SpeechError: The model could not be loaded.
+            ConfigError: The bundled model is missing.
+        """
+        if self._engine is None:
+            options = self._engine_options
+            loop = asyncio.get_running_loop()
+            self._engine = await loop.run_in_executor(self._pool, lambda: shared_engine(**options))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name="live-stt-worker")
+        return self
+
+    # ---- audio in ---------------------------------------------------------
+
+    def now_s(self) -> float:
+        """Seconds since the call began."""
+        return self._clock() - self.call_started_at
+
+    def _state(self, speaker: str, leg: str) -> _Speaker:
+        key = (speaker, leg)
+        st = self._speakers.get(key)
+        if st is None:
+            st = _Speaker(speaker=speaker, leg=leg, origin_s=self.now_s())
+            self._speakers[key] = st
+        return st
+
+    def restart_stream(self, speaker: str, *, leg: str = "call") -> None:
+        """Mark a new stream for ``speaker`` (e.g. after a reconnect): times re-anchor to now.
+
+        A pending utterance of the old stream is finalized first.
+        """
+        st = self._state(speaker, leg)
+        self._end_utterance(st)
+        st.origin_s = self.now_s()
+        st.samples = 0
+        st.rest = np.zeros(0, np.float32)
+
+    def feed(
+        self,
+        speaker: str,
+        samples: np.ndarray[Any, Any],
+        *,
+        sample_rate: int = 48000,
+        leg: str = "call",
+    ) -> None:
+        """Add mono audio of ``speaker`` (int16 or float32 samples) in time order.
+
+        Call on the event loop's thread (from an audio callback, use
+        ``loop.call_soon_threadsafe``). Cheap: only the VAD runs here.
+        """
+        if self._closed:
+            return
+        st = self._state(speaker, leg)
+        x = to_16k(np.asarray(samples).reshape(-1), sample_rate)
+        if st.rest.size:
+            x = np.concatenate([st.rest, x])
+        n = len(x) // FRAME * FRAME
+        st.rest = x[n:].copy()
+        for i in range(0, n, FRAME):
+            self._vad_frame(st, x[i : i + FRAME])
+
+    def end_speaker(self, speaker: str, *, leg: str = "call") -> None:
+        """The speaker's audio ended (left, track gone): finalize what they were saying."""
+        st = self._speakers.get((speaker, leg))
+        if st is not None:
+            self._end_utterance(st)
+
+    def add_remote(self, audio: RemoteAudio, *, leg: str = "call") -> asyncio.Task[None]:
+        """Transcribe a remote participant's track until it ends.
+
+        A second track of the same identity (after a reconnect) continues the
+        same speaker's timeline.
+        """
+
+        async def run() -> None:
+            stream = audio.stream(sample_rate=SAMPLE_RATE, frame_size_ms=20)
+            self.restart_stream(audio.identity, leg=leg)
+            try:
+                async for ev in stream:
+                    frame = ev.frame
+                    self.feed(
+                        audio.identity,
+                        np.frombuffer(frame.data, dtype=np.int16),
+                        sample_rate=frame.sample_rate,
+                        leg=leg,
+                    )
+            finally:
+                self.end_speaker(audio.identity, leg=leg)
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+
+        return self._spawn(run(), name=f"live-stt-track-{audio.sid}")
+
+    # ---- voice activity ---------------------------------------------------
+
+    def _vad_frame(self, st: _Speaker, frame: np.ndarray[Any, Any]) -> None:
+        rms = float(np.sqrt(np.mean(frame * frame)) + 1e-9)
+        frame_end_s = st.origin_s + (st.samples + FRAME) / SAMPLE_RATE
+        st.samples += FRAME
+        threshold = max(MIN_THRESHOLD, st.floor * FLOOR_MARGIN)
+        voiced = rms > threshold
+        if not st.in_speech:
+            # Track the noise floor only outside speech; fall fast, rise slowly.
+            st.floor = rms if rms < st.floor else st.floor * 0.98 + rms * 0.02
+            st.pre_roll.append(frame)
+            if len(st.pre_roll) > PRE_ROLL_FRAMES:
+                st.pre_roll.pop(0)
+            st.voiced_run = st.voiced_run + 1 if voiced else 0
+            if st.voiced_run >= 2:
+                st.in_speech = True
+                st.utterance = list(st.pre_roll)
+                st.pre_roll = []
+                st.utt_frames = len(st.utterance)
+                st.utt_start_s = frame_end_s - st.utt_frames * FRAME / SAMPLE_RATE
+                st.voiced_frames = 2
+                st.silent_run = 0
+                st.frames_at_partial = 0
+                st.last_voiced_end_s = frame_end_s
+                st.last_voiced_wall = self._clock()
+                st.counter += 1
+                st.segment_id = f"{st.leg}:{st.speaker}:{round(st.origin_s * 1000)}:{st.counter}"
+            return
+        st.utterance.append(frame)
+        st.utt_frames += 1
+        if voiced:
+            st.voiced_frames += 1
+            st.silent_run = 0
+            st.last_voiced_end_s = frame_end_s
+            st.last_voiced_wall = self._clock()
+        else:
+            st.silent_run += 1
+        if st.silent_run >= self._silence_frames or st.utt_frames >= self._max_frames:
+            self._end_utterance(st)
+        elif (
+            self._partials
+            and st.utt_frames - st.frames_at_partial >= self._partial_frames
+            and not self._busy
+            and self._queue.empty()
+        ):
+            st.frames_at_partial = st.utt_frames
+            self._enqueue(st, final=False)
+
+    def _end_utterance(self, st: _Speaker) -> None:
+        if not st.in_speech:
+            return
+        if st.voiced_frames >= self._min_frames:
+            self._enqueue(st, final=True)
+        st.in_speech = False
+        st.utterance = []
+        st.voiced_run = 0
+        st.silent_run = 0
+
+    def _enqueue(self, st: _Speaker, *, final: bool) -> None:
+        audio = np.concatenate(st.utterance) if st.utterance else np.zeros(0, np.float32)
+        end_s = st.last_voiced_end_s if final else st.utt_start_s + len(audio) / SAMPLE_RATE
+        self._queue.put_nowait(
+            _Job(
+                (st.speaker, st.leg),
+                st.segment_id,
+                st.speaker,
+                st.leg,
+                round(st.utt_start_s, 3),
+                round(end_s, 3),
+                audio,
+                final,
+                st.last_voiced_wall,
+            )
+        )
+
+    # ---- recognition ------------------------------------------------------
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._run_job(loop, job)
+            finally:
+                self._queue.task_done()
+
+    async def _run_job(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
+        if not job.final and job.segment_id in self._finalized:
+            return
+        self._busy = True
+        try:
+            assert self._engine is not None
+            pieces, _ = await loop.run_in_executor(
+                self._pool,
+                functools.partial(self._engine.transcribe, job.audio, beam_size=self._beam_size),
+            )
+            text = " ".join(p.text for p in pieces).strip()
+        except SoftphoneError as exc:
+            log.warning("live transcription failed", extra={"error": exc.message})
+            self.emit("error", exc if isinstance(exc, SpeechError) else SpeechError(exc.message))
+            return
+        except Exception as exc:
+            log.exception("live transcription failed")
+            self.emit("error", SpeechError(f"live transcription failed ({exc.__class__.__name__})"))
+            return
+        finally:
+            self._busy = False
+        if job.final:
+            self._finalized.add(job.segment_id)
+        elif job.segment_id in self._finalized:
+            return
+        if not text and not job.final:
+            return
+        seg = TranscriptSegment(
+            speaker=job.speaker,
+            start_s=job.start_s,
+            end_s=job.end_s,
+            text=text,
+            final=job.final,
+            leg=job.leg,
+            segment_id=job.segment_id,
+        )
+        self.emit("segment", seg)
+        if job.final and text and self._history is not None and self._call_id:
+            self._spawn(self._persist(seg), name="live-stt-persist")
+
+    async def _persist(self, seg: TranscriptSegment) -> None:
+        assert self._history is not None and self._call_id is not None
+        try:
+            await self._history.add_segment(self._call_id, seg)
+        except SoftphoneError as exc:
+            # The segment was already shown; losing its row must not stop the call.
+            log.warning("transcript segment not stored", extra={"error": exc.message})
+            self.emit("error", SpeechError("a transcript segment could not be stored"))
+
+    def _spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def flush(self) -> None:
+        """Finalize every utterance in progress and wait until all are transcribed and stored."""
+        for st in self._speakers.values():
+            if st.rest.size:
+                pad = np.zeros(FRAME - st.rest.size, np.float32)
+                frame = np.concatenate([st.rest, pad])
+                st.rest = np.zeros(0, np.float32)
+                self._vad_frame(st, frame)
+            self._end_utterance(st)
+        await self._queue.join()
+        persisting = [t for t in self._tasks if t.get_name() == "live-stt-persist"]
+        if persisting:
+            await asyncio.gather(*persisting, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Finalize what is pending, then stop the worker and track readers; idempotent."""
+        if self._closed:
+            return
+        if self._worker is not None and not self._worker.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush(), 30.0)
+        self._closed = True
+        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._worker = None
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+
+    async def __aenter__(self) -> LiveTranscriber:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,1 @@
+"""Local HTTP servers that follow third-party providers' published API contracts."""
