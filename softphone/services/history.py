@@ -174,7 +174,11 @@ class HistoryStore:
         Raises:
             HistoryError: The file cannot be opened or migrated.
         """
-        await self._run(self._open)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
         return self
 
     def _open(self) -> None:

@@ -4,7 +4,9 @@ Used by the app when no LiveKit URL is configured (embedded mode) and by the
 test suite's session fixture. The server listens on free loopback ports
 (signal/HTTP, RTC over TCP, RTC over one UDP port), its log goes to a file,
 and it is stopped with SIGTERM (SIGKILL after a grace period). On Linux the
-child also gets SIGTERM if this process dies, so no server outlives the app.
+child gets SIGKILL if this process dies, so no server outlives the app (a dev
+server has no state worth a graceful stop, and livekit-server 1.13.5 can hang
+on a SIGTERM that arrives while it is still starting).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _pick_ports(host: str) -> ServerPorts:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def server_config(host: str, ports: ServerPorts) -> str:
@@ -168,10 +170,12 @@ class LocalLiveKitServer:
 
     async def _start_once(self) -> None:
         self.ports = _pick_ports(self._host)
-        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        # Opening a log file and forking are quick, bounded calls; the wait for
+        # readiness below is what must not block, and it does not.
+        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115, ASYNC230
         started = time.monotonic()
         try:
-            self._proc = subprocess.Popen(
+            self._proc = subprocess.Popen(  # noqa: ASYNC220
                 [
                     str(self._binary),
                     "--dev",
@@ -230,7 +234,8 @@ class LocalLiveKitServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while proc.poll() is None and time.monotonic() < deadline:
+            # Popen has no awaitable wait; poll briefly (a stop takes ~100 ms).
+            while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
