@@ -227,7 +227,7 @@ class RtcSession(EventEmitter[SessionEvent]):
                 self.emit("connection_quality", int(q))
 
         @r.on("disconnected")
-        def _disconnected(reason: int) -> None:
+        def _disconnected(reason: rtc.DisconnectReason.ValueType) -> None:
             self.disconnect_reason = _REASONS.get(reason, "network")
             for q in self._audio_waiters:
                 q.put_nowait(None)  # type: ignore[arg-type]
