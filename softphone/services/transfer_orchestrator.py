@@ -1,0 +1,670 @@
+"""The warm-transfer orchestrator: the embedded :class:`TransferService`.
+
+Drives :class:`~softphone.domain.transfer.Transfer` over the real LiveKit
+server API: creates R2, mints tokens, gets a summary (timeout-bounded, with
+the offline fallback marked), stores it as R2's metadata and sends it on
+:data:`SUMMARY_TOPIC`, plays hold audio in R1, offers the call to B by RPC in
+the lobby, moves the caller make-before-break (or brings B to R1 when the
+caller cannot move), removes A and deletes rooms. A watcher task per transfer
+notices the caller hanging up and B leaving. Every transition goes to the
+``transfer_changed`` event, to A as a data message in R1, and (given a store)
+to the call's history: the chain of custody.
+
+Open-source LiveKit has no MoveParticipant, so moving the caller means the
+caller's own app reconnects (:class:`~softphone.services.transfer_participants.CallerMover`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from livekit import rtc
+
+from softphone.domain.identifiers import validate_identity, validate_room_name
+from softphone.domain.transfer import (
+    EndReason,
+    Phase,
+    Transfer,
+    TransferSnapshot,
+    consults,
+    summarizes,
+)
+from softphone.errors import (
+    LiveKitError,
+    NotFoundError,
+    SoftphoneError,
+    TransferError,
+    ValidationError,
+)
+from softphone.media.session import RtcSession
+from softphone.media.tone import SAMPLE_RATE, TonePlayer
+from softphone.services.agent_directory import AgentDirectory
+from softphone.services.history import HistoryStore
+from softphone.services.room_admin import RoomAdmin
+from softphone.services.token_minter import TokenMinter, TokenRole
+from softphone.services.transfer_service import (
+    RPC_JOIN,
+    RPC_MOVE,
+    RPC_OFFER,
+    RPC_WITHDRAW,
+    STATUS_TOPIC,
+    SUMMARY_TOPIC,
+    AgentEntry,
+    RoomEntry,
+    TokenGrant,
+    TokenRoleName,
+    TransferRequest,
+    TransferService,
+    TransferTicket,
+)
+from softphone.speech.summarizer import Summarizer, summarize_with_fallback
+
+log = logging.getLogger(__name__)
+
+HOLD_FREQ_HZ = 330.0
+# Phases in which the caller hanging up ends the call (later it is moving rooms).
+_WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
+
+
+@dataclasses.dataclass
+class _Run:
+    """One transfer and the live state around it."""
+
+    transfer: Transfer
+    call_id: str
+    decision: asyncio.Future[tuple[bool, str]]
+    changed: asyncio.Condition
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    hold: RtcSession | None = None
+    hold_tone: TonePlayer | None = None
+    intro_moved: bool = False
+
+
+class TransferOrchestrator(TransferService):
+    """Runs warm transfers in-process with the LiveKit API key and secret.
+
+    Args:
+        url: The LiveKit URL handed to clients with their tokens.
+        rooms: Server API access (not closed by this object).
+        minter: Token minter.
+        summarizer: The configured summarizer.
+        fallback_summarizer: The offline summarizer used when it fails.
+        lobby_room: The agent directory's room.
+        offer_timeout_s: How long an offer rings before it counts as no answer.
+        move_timeout_s: How long the caller's app may take to move.
+        join_timeout_s: How long B may take to join R2 after accepting.
+        poll_interval_s: How often rooms are checked for people leaving.
+        hold_audio: Play a hold tone to the caller in R1.
+        history: Where the chain of custody is written (optional).
+        clock: Wall clock for timestamps.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        rooms: RoomAdmin,
+        minter: TokenMinter,
+        summarizer: Summarizer,
+        fallback_summarizer: Summarizer,
+        lobby_room: str = "lobby",
+        offer_timeout_s: float = 30.0,
+        move_timeout_s: float = 8.0,
+        join_timeout_s: float = 10.0,
+        poll_interval_s: float = 0.25,
+        hold_audio: bool = True,
+        history: HistoryStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self._url = url
+        self._rooms = rooms
+        self._minter = minter
+        self._summarizer = summarizer
+        self._fallback = fallback_summarizer
+        self.directory = AgentDirectory(rooms=rooms, lobby_room=lobby_room)
+        self._offer_timeout_s = offer_timeout_s
+        self._move_timeout_s = move_timeout_s
+        self._join_timeout_s = join_timeout_s
+        self._poll_s = poll_interval_s
+        self._hold_audio = hold_audio
+        self._history = history
+        self._clock = clock
+        self._runs: dict[str, _Run] = {}
+        self._active_rooms: dict[str, str] = {}
+        self._call_ids: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ---- helpers -------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("transfer task failed", exc_info=task.exception())
+
+    def _grant(self, role: TokenRole, identity: str, room: str) -> TokenGrant:
+        issued = self._minter.mint(role=role, identity=identity, room=room)
+        return TokenGrant(
+            token=issued.token,
+            identity=identity,
+            room=room,
+            url=self._url,
+            expires_at=issued.expires_at,
+        )
+
+    def _run(self, transfer_id: str) -> _Run:
+        if not isinstance(transfer_id, str) or not transfer_id:
+            raise ValidationError("transfer_id", "must not be empty")
+        run = self._runs.get(transfer_id)
+        if run is None:
+            raise NotFoundError("transfer not found", details={"transfer_id": transfer_id})
+        return run
+
+    async def _present(self, room: str) -> set[str]:
+        try:
+            return {p.identity for p in await self._rooms.list_participants(room)}
+        except NotFoundError:
+            return set()
+
+    async def _changed(self, run: _Run, *, from_agent: str = "", to_agent: str = "") -> None:
+        t = run.transfer
+        snap = t.snapshot()
+        async with run.changed:
+            run.changed.notify_all()
+        self.emit("transfer_changed", snap)
+        log.info(
+            "transfer step",
+            extra={"transfer_id": t.transfer_id, "phase": t.phase, "version": t.version},
+        )
+        self._spawn(self._notify_a(snap))
+        if self._history is not None and run.call_id:
+            detail: dict[str, Any] = {"mode": t.mode, "new_room": t.new_room}
+            if t.reason is not None:
+                detail["reason"] = dataclasses.asdict(t.reason)
+            if t.strategy is not None:
+                detail["strategy"] = t.strategy
+            if t.summary is not None:
+                detail["summary_source"] = t.summary.source
+                detail["summary_fallback"] = t.summary.fallback
+            try:
+                await self._history.add_transfer_event(
+                    run.call_id,
+                    t.transfer_id,
+                    t.phase,
+                    from_agent=from_agent or t.from_agent,
+                    to_agent=to_agent or t.to_agent,
+                    detail=detail,
+                    at=t.timeline[-1].at,
+                )
+            except SoftphoneError:
+                log.exception("could not write the transfer to history")
+
+    async def _notify_a(self, snap: TransferSnapshot) -> None:
+        with contextlib.suppress(SoftphoneError):
+            await self._rooms.send_data(
+                snap.call_room,
+                json.dumps(snap.to_dict()),
+                topic=STATUS_TOPIC,
+                destination_identities=[snap.from_agent],
+            )
+
+    async def _step(self, run: _Run, phase: Phase, note: str = "") -> bool:
+        if not run.transfer.can(phase):
+            return False
+        run.transfer.advance(phase, at=self._clock(), note=note)
+        await self._changed(run)
+        return True
+
+    # ---- start ---------------------------------------------------------------
+
+    async def start_transfer(self, request: TransferRequest) -> TransferTicket:
+        """See :meth:`TransferService.start_transfer`."""
+        if self._closed:
+            raise TransferError("the transfer service is closed")
+        req = request.validate()
+        if req.call_room in self._active_rooms:
+            raise TransferError(
+                "a transfer of this call is already running",
+                details={"transfer_id": self._active_rooms[req.call_room]},
+            )
+        transfer_id = uuid.uuid4().hex[:16]
+        self._active_rooms[req.call_room] = transfer_id
+        try:
+            await self._check_parties(req)
+        except BaseException:
+            self._active_rooms.pop(req.call_room, None)
+            raise
+        new_room = f"xfer-{transfer_id}"
+        transfer = Transfer(
+            transfer_id=transfer_id,
+            mode=req.mode,
+            call_room=req.call_room,
+            new_room=new_room,
+            caller=req.caller,
+            from_agent=req.from_agent,
+            to_agent=req.to_agent,
+            at=self._clock(),
+        )
+        loop = asyncio.get_running_loop()
+        run = _Run(
+            transfer=transfer,
+            call_id=await self._call_id(req),
+            decision=loop.create_future(),
+            changed=asyncio.Condition(),
+        )
+        self._runs[transfer_id] = run
+        await self._changed(run)
+        try:
+            await self._rooms.create_room(new_room, empty_timeout_s=120, departure_timeout_s=5)
+        except SoftphoneError:
+            await self._give_back(run, EndReason("network", "could not create the transfer room"))
+            return TransferTicket(transfer=transfer.snapshot(), consult_token=None)
+        self._spawn(self._watch(run))
+        await self._prepare_summary(run, req)
+        async with run.lock:
+            if not await self._step(run, "offering"):
+                return TransferTicket(transfer=transfer.snapshot(), consult_token=None)
+        if self._hold_audio:
+            self._spawn(self._start_hold(run))
+        try:
+            await self._rooms.perform_rpc(
+                self.directory.lobby_room,
+                req.to_agent,
+                RPC_OFFER,
+                json.dumps(self._offer(transfer)),
+                response_timeout_s=5.0,
+            )
+        except SoftphoneError as exc:
+            log.warning("offer could not be delivered", extra={"error": exc.message})
+            await self._give_back(run, EndReason("no_answer", "the offer could not be delivered"))
+        else:
+            self._spawn(self._await_decision(run))
+        token = self._grant("agent", req.from_agent, new_room) if consults(req.mode) else None
+        return TransferTicket(transfer=transfer.snapshot(), consult_token=token)
+
+    async def _check_parties(self, req: TransferRequest) -> None:
+        present = await self._rooms.list_participants(req.call_room)
+        who = {p.identity for p in present}
+        if req.caller not in who:
+            raise NotFoundError("the caller is not in the call room", details={"field": "caller"})
+        if req.from_agent not in who:
+            raise NotFoundError(
+                "the agent is not in the call room", details={"field": "from_agent"}
+            )
+        agent = await self.directory.get(req.to_agent)
+        if agent.presence != "available":
+            raise TransferError(
+                f"the agent is {agent.presence}", details={"identity": req.to_agent}
+            )
+
+    async def _call_id(self, req: TransferRequest) -> str:
+        if self._history is None:
+            return req.call_id
+        if req.call_id:
+            return req.call_id
+        if req.call_room not in self._call_ids:
+            self._call_ids[req.call_room] = await self._history.start_call(req.call_room)
+        return self._call_ids[req.call_room]
+
+    @staticmethod
+    def _offer(t: Transfer) -> dict[str, Any]:
+        return {
+            "transfer_id": t.transfer_id,
+            "from_agent": t.from_agent,
+            "caller": t.caller,
+            "mode": t.mode,
+            "new_room": t.new_room,
+            "summary": t.summary.to_dict() if t.summary else None,
+        }
+
+    async def _prepare_summary(self, run: _Run, req: TransferRequest) -> None:
+        t = run.transfer
+        if not summarizes(t.mode):
+            return
+        if req.summary is not None:
+            card = dataclasses.replace(req.summary, source="edited")
+        else:
+            card = await summarize_with_fallback(self._summarizer, self._fallback, req.transcript)
+        if not t.active:
+            return
+        t.set_summary(card)
+        meta = json.dumps({"transfer_id": t.transfer_id, "summary": card.to_dict()})
+        try:
+            await self._rooms.update_room_metadata(t.new_room, meta)
+            await self._rooms.send_data(t.new_room, meta, topic=SUMMARY_TOPIC)
+        except SoftphoneError:
+            log.warning("could not publish the summary to the transfer room")
+        if self._history is not None and run.call_id:
+            with contextlib.suppress(SoftphoneError):
+                await self._history.add_summary(run.call_id, card)
+
+    # ---- hold ----------------------------------------------------------------
+
+    async def _start_hold(self, run: _Run) -> None:
+        t = run.transfer
+        grant = self._grant("agent", f"hold-{t.transfer_id}", t.call_room)
+        session = RtcSession(url=self._url, token=grant.token)
+        source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+        try:
+            await session.connect()
+            await session.publish_audio(source, name="hold")
+        except SoftphoneError:
+            await session.aclose()
+            log.warning("hold audio unavailable")
+            return
+        tone = TonePlayer(source, freq=HOLD_FREQ_HZ)
+        tone.start()
+        run.hold, run.hold_tone = session, tone
+        if t.phase not in ("offering", "consulting"):
+            await self._stop_hold(run)
+
+    @staticmethod
+    async def _stop_hold(run: _Run) -> None:
+        tone, run.hold_tone = run.hold_tone, None
+        session, run.hold = run.hold, None
+        if tone is not None:
+            await tone.aclose()
+        if session is not None:
+            await session.aclose()
+
+    # ---- offer, accept, decline ---------------------------------------------
+
+    async def _await_decision(self, run: _Run) -> None:
+        t = run.transfer
+        try:
+            accepted, text = await asyncio.wait_for(
+                asyncio.shield(run.decision), self._offer_timeout_s
+            )
+        except TimeoutError:
+            async with run.lock:
+                if t.phase == "offering":
+                    await self._give_back(run, EndReason("no_answer"))
+            return
+        except asyncio.CancelledError:
+            raise
+        if not accepted:
+            async with run.lock:
+                if t.phase == "offering":
+                    await self._give_back(run, EndReason("declined", text))
+            return
+        # B accepted: wait for B in R2, then consult (warm) or move (direct, cold).
+        deadline = time.monotonic() + self._join_timeout_s
+        while t.phase == "offering" and time.monotonic() < deadline:
+            if t.to_agent in await self._present(t.new_room):
+                break
+            await asyncio.sleep(self._poll_s / 2)
+        async with run.lock:
+            if t.phase != "offering":
+                return
+            if t.to_agent not in await self._present(t.new_room):
+                await self._give_back(run, EndReason("agent_left", "did not join"))
+                return
+            if consults(t.mode):
+                await self._step(run, "consulting")
+                return
+            await self._complete_locked(run)
+
+    async def accept(self, transfer_id: str, *, agent: str) -> TokenGrant:
+        """See :meth:`TransferService.accept`."""
+        run = self._run(transfer_id)
+        validate_identity(agent, "agent")
+        t = run.transfer
+        if agent != t.to_agent:
+            raise TransferError("only the agent offered the call may accept it")
+        if t.phase != "offering" or run.decision.done():
+            raise TransferError(f"the offer is no longer open ({t.phase})")
+        run.decision.set_result((True, ""))
+        return self._grant("agent", agent, t.new_room)
+
+    async def decline(self, transfer_id: str, *, agent: str, reason: str = "") -> TransferSnapshot:
+        """See :meth:`TransferService.decline`."""
+        run = self._run(transfer_id)
+        validate_identity(agent, "agent")
+        if not isinstance(reason, str) or len(reason) > 500:
+            raise ValidationError("reason", "must be text of at most 500 characters")
+        t = run.transfer
+        if agent != t.to_agent:
+            raise TransferError("only the agent offered the call may decline it")
+        if t.phase != "offering" or run.decision.done():
+            raise TransferError(f"the offer is no longer open ({t.phase})")
+        async with run.lock:
+            run.decision.set_result((False, reason))
+            await self._give_back(run, EndReason("declined", reason.strip()))
+        return t.snapshot()
+
+    # ---- complete, cancel ----------------------------------------------------
+
+    async def complete(self, transfer_id: str, *, agent: str) -> TransferSnapshot:
+        """See :meth:`TransferService.complete`."""
+        run = self._run(transfer_id)
+        validate_identity(agent, "agent")
+        t = run.transfer
+        if agent != t.from_agent:
+            raise TransferError("only the transferring agent may complete the transfer")
+        async with run.lock:
+            if t.phase == "completing" and t.mode == "warm_intro" and run.intro_moved:
+                await self._finish(run)
+                return t.snapshot()
+            if t.phase != "consulting":
+                raise TransferError(f"cannot complete a transfer in phase {t.phase}")
+            await self._complete_locked(run)
+        return t.snapshot()
+
+    async def _complete_locked(self, run: _Run) -> None:
+        t = run.transfer
+        await self._step(run, "completing")
+        t.set_strategy("move_caller")
+        grant = self._grant("caller", t.caller, t.new_room)
+        moved = False
+        try:
+            await self._rooms.perform_rpc(
+                t.call_room,
+                t.caller,
+                RPC_MOVE,
+                json.dumps(grant.to_dict()),
+                response_timeout_s=self._move_timeout_s,
+            )
+            moved = t.caller in await self._present(t.new_room)
+        except SoftphoneError as exc:
+            log.info("caller cannot move; bringing the agent", extra={"error": exc.message})
+        if moved:
+            await self._stop_hold(run)
+            if t.mode == "warm_intro":
+                run.intro_moved = True
+                await self._changed(run)
+                return
+            await self._finish(run)
+            return
+        await self._bring_agent(run)
+
+    async def _bring_agent(self, run: _Run) -> None:
+        t = run.transfer
+        t.set_strategy("bring_agent")
+        grant = self._grant("agent", t.to_agent, t.call_room)
+        try:
+            await self._rooms.perform_rpc(
+                t.new_room,
+                t.to_agent,
+                RPC_JOIN,
+                json.dumps(grant.to_dict()),
+                response_timeout_s=self._move_timeout_s,
+            )
+        except SoftphoneError as exc:
+            log.warning("agent could not be brought in", extra={"error": exc.message})
+            await self._give_back(run, EndReason("network", "neither side could be moved"))
+            return
+        await self._stop_hold(run)
+        with contextlib.suppress(NotFoundError, LiveKitError):
+            await self._rooms.remove_participant(t.call_room, t.from_agent)
+        await self._rooms.delete_room(t.new_room)
+        await self._step(run, "completed", "bring_agent")
+        self._release(run)
+
+    async def _finish(self, run: _Run) -> None:
+        t = run.transfer
+        with contextlib.suppress(NotFoundError, LiveKitError):
+            await self._rooms.remove_participant(t.new_room, t.from_agent)
+        await self._stop_hold(run)
+        with contextlib.suppress(LiveKitError):
+            await self._rooms.delete_room(t.call_room)
+        await self._step(run, "completed", t.strategy or "")
+        self._release(run)
+
+    async def cancel(self, transfer_id: str, *, agent: str) -> TransferSnapshot:
+        """See :meth:`TransferService.cancel`."""
+        run = self._run(transfer_id)
+        validate_identity(agent, "agent")
+        t = run.transfer
+        if agent != t.from_agent:
+            raise TransferError("only the transferring agent may cancel the transfer")
+        async with run.lock:
+            if t.phase not in ("preparing", "offering", "consulting"):
+                raise TransferError(f"cannot cancel a transfer in phase {t.phase}")
+            await self._give_back(run, EndReason("cancelled"))
+        return t.snapshot()
+
+    # ---- exits ---------------------------------------------------------------
+
+    async def _withdraw(self, run: _Run, reason: str) -> None:
+        t = run.transfer
+        with contextlib.suppress(SoftphoneError):
+            await self._rooms.perform_rpc(
+                self.directory.lobby_room,
+                t.to_agent,
+                RPC_WITHDRAW,
+                json.dumps({"transfer_id": t.transfer_id, "reason": reason}),
+                response_timeout_s=3.0,
+            )
+
+    async def _give_back(self, run: _Run, reason: EndReason) -> None:
+        t = run.transfer
+        was = t.phase
+        if not t.can("returned"):
+            return
+        t.give_back(reason, at=self._clock())
+        if not run.decision.done():
+            run.decision.set_result((False, reason.code))
+        await self._changed(run)
+        if was == "offering" and reason.code != "declined":
+            await self._withdraw(run, reason.code)
+        await self._stop_hold(run)
+        with contextlib.suppress(LiveKitError):
+            await self._rooms.delete_room(t.new_room)
+        self._release(run)
+
+    async def _end(self, run: _Run, reason: EndReason) -> None:
+        t = run.transfer
+        was = t.phase
+        if not t.can("ended"):
+            return
+        t.end(reason, at=self._clock())
+        if not run.decision.done():
+            run.decision.set_result((False, reason.code))
+        await self._changed(run)
+        if was == "offering":
+            await self._withdraw(run, reason.code)
+        await self._stop_hold(run)
+        for room in (t.new_room, t.call_room):
+            with contextlib.suppress(LiveKitError):
+                await self._rooms.delete_room(room)
+        self._release(run)
+        if self._history is not None and run.call_id:
+            with contextlib.suppress(SoftphoneError):
+                await self._history.end_call(run.call_id)
+
+    def _release(self, run: _Run) -> None:
+        t = run.transfer
+        if self._active_rooms.get(t.call_room) == t.transfer_id:
+            del self._active_rooms[t.call_room]
+
+    async def _watch(self, run: _Run) -> None:
+        """Notice the caller hanging up and B leaving the consult."""
+        t = run.transfer
+        misses = 0
+        while t.phase in ("preparing", "offering", "consulting") or (
+            t.phase == "completing" and run.intro_moved
+        ):
+            await asyncio.sleep(self._poll_s)
+            try:
+                if t.phase in _WATCHED and t.caller not in await self._present(t.call_room):
+                    async with run.lock:
+                        if t.phase in _WATCHED:
+                            await self._end(run, EndReason("caller_left"))
+                    return
+                if t.phase == "consulting" and t.to_agent not in await self._present(t.new_room):
+                    async with run.lock:
+                        if t.phase == "consulting":
+                            await self._give_back(run, EndReason("agent_left"))
+                    return
+                misses = 0
+            except LiveKitError:
+                misses += 1
+                if misses >= 20:
+                    async with run.lock:
+                        await self._give_back(run, EndReason("network"))
+                    return
+
+    # ---- queries -------------------------------------------------------------
+
+    async def status(self, transfer_id: str) -> TransferSnapshot:
+        """See :meth:`TransferService.status`."""
+        return self._run(transfer_id).transfer.snapshot()
+
+    async def wait_for_change(
+        self, transfer_id: str, *, after_version: int, timeout_s: float = 10.0
+    ) -> TransferSnapshot:
+        """See :meth:`TransferService.wait_for_change`."""
+        run = self._run(transfer_id)
+        if not 0 <= timeout_s <= 60:
+            raise ValidationError("timeout_s", "must be between 0 and 60")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s), run.changed:
+                await run.changed.wait_for(lambda: run.transfer.version > after_version)
+        return run.transfer.snapshot()
+
+    async def list_agents(self) -> list[AgentEntry]:
+        """See :meth:`TransferService.list_agents`."""
+        return await self.directory.list()
+
+    async def list_rooms(self) -> list[RoomEntry]:
+        """See :meth:`TransferService.list_rooms`."""
+        return [RoomEntry(r.name, r.num_participants) for r in await self._rooms.list_rooms()]
+
+    async def mint_token(self, *, identity: str, room: str, role: TokenRoleName) -> TokenGrant:
+        """See :meth:`TransferService.mint_token`.
+
+        Raises:
+            NotFoundError: The room does not exist.
+        """
+        validate_identity(identity)
+        validate_room_name(room)
+        if role not in ("caller", "agent"):
+            raise ValidationError("role", "must be caller or agent")
+        if room != self.directory.lobby_room:
+            await self._rooms.get_room(room)
+        return self._grant(role, identity, room)
+
+    async def aclose(self) -> None:
+        """Cancel background work and stop hold audio (rooms are left as they are)."""
+        self._closed = True
+        tasks, self._tasks = list(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for run in self._runs.values():
+            await self._stop_hold(run)

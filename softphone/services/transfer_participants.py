@@ -1,0 +1,493 @@
+"""Client-side transfer helpers every role's app uses, headless (the UI wraps them).
+
+- :class:`AgentLobby`: an online agent in the lobby: presence in its
+  attributes, a live directory of the other agents, incoming offers (RPC),
+  accept (join R2) or decline, and the bring-the-agent instruction.
+- :class:`CallerMover`: the caller's side: obeys a move instruction
+  make-before-break (join R2, publish the mic there, only then leave R1).
+- :class:`AgentCall`: agent A's side of a call being transferred: mutes A's
+  mic while the caller is on hold, joins the consult leg, unmutes on return.
+
+They talk to the service only through :class:`TransferService` and to
+LiveKit only through :class:`~softphone.media.session.RtcSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from types import TracebackType
+from typing import Any, Literal
+
+from livekit import rtc
+
+from softphone.domain.events import EventEmitter
+from softphone.domain.summary import SummaryCard
+from softphone.domain.transcript import TranscriptSegment
+from softphone.domain.transfer import Mode, TransferSnapshot
+from softphone.errors import MediaError, SoftphoneError, ValidationError
+from softphone.media.session import DataMessage, RtcSession
+from softphone.services.transfer_service import (
+    PRESENCE_ATTRIBUTE,
+    PRESENCES,
+    RPC_JOIN,
+    RPC_MOVE,
+    RPC_OFFER,
+    RPC_WITHDRAW,
+    STATUS_TOPIC,
+    AgentEntry,
+    Presence,
+    TokenGrant,
+    TransferRequest,
+    TransferService,
+    TransferTicket,
+)
+
+log = logging.getLogger(__name__)
+
+LobbyEvent = Literal["offer", "offer_withdrawn", "directory_changed", "joined_room", "moved"]
+CallerEvent = Literal["moved"]
+AgentCallEvent = Literal["transfer_changed", "consult_joined", "consult_left"]
+MoveStrategy = Literal["make_before_break", "break_before_make"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """A transfer offered to this agent, with the summary to read before joining."""
+
+    transfer_id: str
+    from_agent: str
+    caller: str
+    mode: Mode
+    new_room: str
+    summary: SummaryCard | None
+    received_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Withdrawn:
+    """An offer that is gone before it was answered (caller hung up, cancelled, no answer)."""
+
+    transfer_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Moved:
+    """This participant now talks in ``room`` (after a move or a bring-the-agent)."""
+
+    room: str
+    session: RtcSession
+    gap_s: float
+
+
+def _parse_grant(payload: str) -> TokenGrant:
+    try:
+        data = json.loads(payload)
+        return TokenGrant.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValidationError("payload", "not a token grant") from exc
+
+
+async def _join(grant: TokenGrant, mic: rtc.AudioSource | None) -> RtcSession:
+    session = RtcSession(url=grant.url, token=grant.token)
+    await session.connect()
+    if mic is not None:
+        try:
+            await session.publish_audio(mic)
+        except MediaError:
+            await session.aclose()
+            raise
+    return session
+
+
+class _Tasks:
+    """Background tasks kept alive and cancelled on close."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("transfer helper task failed", exc_info=task.exception())
+
+    async def cancel(self) -> None:
+        tasks, self._tasks = list(self._tasks), set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class AgentLobby(EventEmitter[LobbyEvent]):
+    """An agent online in the lobby: presence, live directory, offers.
+
+    Use as ``async with AgentLobby(...) as lobby:``. Subscribe to ``offer``
+    (:class:`Offer`) and ``offer_withdrawn`` (:class:`Withdrawn`); answer with
+    :meth:`accept` or :meth:`decline`. After accepting, :attr:`call_session` is
+    the session in the transfer room; a bring-the-agent instruction moves it to
+    the caller's room (event ``moved``).
+
+    Args:
+        lobby_token: This agent's token for the lobby room.
+        url: The LiveKit URL.
+        service: The transfer service (embedded or remote).
+        mic: The agent's microphone source, published in call rooms (not the lobby).
+        presence: Initial presence.
+    """
+
+    def __init__(
+        self,
+        *,
+        lobby_token: str,
+        url: str,
+        service: TransferService,
+        mic: rtc.AudioSource | None = None,
+        presence: Presence = "available",
+    ) -> None:
+        super().__init__()
+        self._service = service
+        self._mic = mic
+        self._presence: Presence = presence
+        self.lobby = RtcSession(url=url, token=lobby_token)
+        self.offers: dict[str, Offer] = {}
+        self.call_session: RtcSession | None = None
+        self._tasks = _Tasks()
+        self.lobby.on("participant_joined", lambda _: self.emit("directory_changed"))
+        self.lobby.on("participant_left", lambda _: self.emit("directory_changed"))
+        self.lobby.on("participant_attributes_changed", lambda _: self.emit("directory_changed"))
+
+    @property
+    def identity(self) -> str:
+        """This agent's identity."""
+        return self.lobby.identity
+
+    @property
+    def presence(self) -> Presence:
+        """This agent's current presence."""
+        return self._presence
+
+    async def start(self) -> AgentLobby:
+        """Join the lobby (audio off), publish presence, and answer offers.
+
+        Raises:
+            MediaError: The lobby could not be joined.
+        """
+        await self.lobby.connect()
+        self.lobby.register_rpc(RPC_OFFER, self._on_offer)
+        self.lobby.register_rpc(RPC_WITHDRAW, self._on_withdraw)
+        await self.set_presence(self._presence)
+        return self
+
+    async def set_presence(self, presence: Presence) -> None:
+        """Publish ``available``, ``busy`` or ``away`` in this agent's attributes.
+
+        Raises:
+            ValidationError: Not a presence value.
+        """
+        if presence not in PRESENCES:
+            raise ValidationError("presence", f"must be one of {', '.join(PRESENCES)}")
+        self._presence = presence
+        await self.lobby.set_attributes({PRESENCE_ATTRIBUTE: presence})
+
+    def directory(self) -> list[AgentEntry]:
+        """The other online agents, as seen live in the lobby."""
+        out = []
+        for p in self.lobby.room.remote_participants.values():
+            attrs = dict(p.attributes)
+            if attrs.get("role") != "agent":
+                continue
+            presence = attrs.get(PRESENCE_ATTRIBUTE, "away")
+            out.append(
+                AgentEntry(
+                    identity=p.identity,
+                    name=p.name or p.identity,
+                    presence=presence if presence in PRESENCES else "away",  # type: ignore[arg-type]
+                )
+            )
+        return sorted(out, key=lambda a: a.identity)
+
+    async def _on_offer(self, inv: rtc.RpcInvocationData) -> str:
+        try:
+            data = json.loads(inv.payload)
+            summary = SummaryCard.from_dict(data["summary"]) if data.get("summary") else None
+            offer = Offer(
+                transfer_id=str(data["transfer_id"]),
+                from_agent=str(data["from_agent"]),
+                caller=str(data["caller"]),
+                mode=data["mode"],
+                new_room=str(data["new_room"]),
+                summary=summary,
+                received_at=time.monotonic(),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, SoftphoneError):
+            raise rtc.RpcError(
+                rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed offer"
+            ) from None
+        self.offers[offer.transfer_id] = offer
+        self.emit("offer", offer)
+        return "ringing"
+
+    async def _on_withdraw(self, inv: rtc.RpcInvocationData) -> str:
+        try:
+            data = json.loads(inv.payload)
+            tid, reason = str(data["transfer_id"]), str(data.get("reason", ""))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed") from None
+        if self.offers.pop(tid, None) is not None:
+            self.emit("offer_withdrawn", Withdrawn(tid, reason))
+        return "ok"
+
+    async def accept(self, transfer_id: str) -> RtcSession:
+        """Accept an offer: get a token from the service and join the transfer room.
+
+        Raises:
+            SoftphoneError: The service refused (e.g. the offer was withdrawn).
+        """
+        self.offers.pop(transfer_id, None)
+        grant = await self._service.accept(transfer_id, agent=self.identity)
+        session = await _join(grant, self._mic)
+        session.register_rpc(RPC_JOIN, self._on_join)
+        self.call_session = session
+        with contextlib.suppress(SoftphoneError, Exception):
+            await self.set_presence("busy")
+        self.emit("joined_room", session)
+        return session
+
+    async def decline(self, transfer_id: str, reason: str = "") -> None:
+        """Decline an offer, with a reason A will see."""
+        self.offers.pop(transfer_id, None)
+        await self._service.decline(transfer_id, agent=self.identity, reason=reason)
+
+    async def _on_join(self, inv: rtc.RpcInvocationData) -> str:
+        # Bring-the-agent: the caller could not move, so this agent goes to R1.
+        grant = _parse_grant(inv.payload)
+        old = self.call_session
+        started = time.monotonic()
+        try:
+            new = await _join(grant, self._mic)
+        except MediaError as exc:
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        self.call_session = new
+        self._tasks.spawn(self._close_later(old))
+        self.emit("moved", Moved(grant.room, new, time.monotonic() - started))
+        return "joined"
+
+    @staticmethod
+    async def _close_later(session: RtcSession | None) -> None:
+        if session is not None:
+            await session.aclose()
+
+    async def leave_call(self) -> None:
+        """Leave the current call room and become available again."""
+        session, self.call_session = self.call_session, None
+        if session is not None:
+            await session.aclose()
+        with contextlib.suppress(Exception):
+            await self.set_presence("available")
+
+    async def aclose(self) -> None:
+        """Leave every room."""
+        await self._tasks.cancel()
+        if self.call_session is not None:
+            await self.call_session.aclose()
+        await self.lobby.aclose()
+
+    async def __aenter__(self) -> AgentLobby:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class CallerMover(EventEmitter[CallerEvent]):
+    """The caller's side of a transfer: obeys ``transfer.move``.
+
+    Takes ownership of ``session`` (the caller's session in R1): after a move,
+    :attr:`session` is the session in R2 and the old one is closed.
+
+    Args:
+        session: The caller's connected session in the call room.
+        mic: The caller's microphone source (published again in the new room).
+        strategy: ``make_before_break`` (join and publish, then leave) or
+            ``break_before_make`` (the naive order; for the benchmark).
+    """
+
+    def __init__(
+        self,
+        *,
+        session: RtcSession,
+        mic: rtc.AudioSource | None,
+        strategy: MoveStrategy = "make_before_break",
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self._mic = mic
+        self._strategy = strategy
+        self.moves: list[Moved] = []
+        session.register_rpc(RPC_MOVE, self._on_move)
+
+    async def _on_move(self, inv: rtc.RpcInvocationData) -> str:
+        grant = _parse_grant(inv.payload)
+        try:
+            await self.move_to(grant)
+        except MediaError as exc:
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        return "moved"
+
+    async def move_to(self, grant: TokenGrant) -> RtcSession:
+        """Move to ``grant.room`` with the configured strategy.
+
+        Raises:
+            MediaError: The new room could not be joined; the caller stays in the old one.
+        """
+        old = self.session
+        started = time.monotonic()
+        if self._strategy == "break_before_make":
+            await old.aclose()
+            new = await _join(grant, self._mic)
+        else:
+            new = await _join(grant, self._mic)
+            await old.aclose()
+        new.register_rpc(RPC_MOVE, self._on_move)
+        self.session = new
+        moved = Moved(grant.room, new, time.monotonic() - started)
+        self.moves.append(moved)
+        log.info("caller moved", extra={"room": grant.room, "ms": round(moved.gap_s * 1000)})
+        self.emit("moved", moved)
+        return new
+
+    async def aclose(self) -> None:
+        """Hang up: leave the current room."""
+        await self.session.aclose()
+
+    async def __aenter__(self) -> CallerMover:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class AgentCall(EventEmitter[AgentCallEvent]):
+    """Agent A's side of a call: starts a transfer and follows it.
+
+    While the caller is on hold A's mic is muted in the call room (A's voice
+    must not reach the caller); in warm modes A joins the transfer room as a
+    second session (the consult leg) once B is there; when the call comes back
+    A is unmuted and the consult leg closed.
+
+    Args:
+        session: A's connected session in the call room.
+        mic: A's microphone source (published in the consult leg too).
+        service: The transfer service.
+    """
+
+    def __init__(
+        self, *, session: RtcSession, mic: rtc.AudioSource | None, service: TransferService
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self._mic = mic
+        self._service = service
+        self.consult: RtcSession | None = None
+        self.ticket: TransferTicket | None = None
+        self.last: TransferSnapshot | None = None
+        self._tasks = _Tasks()
+        self._lock = asyncio.Lock()
+        session.on("data", self._on_data)
+
+    async def transfer(
+        self,
+        *,
+        caller: str,
+        to_agent: str,
+        mode: Mode = "warm",
+        transcript: tuple[TranscriptSegment, ...] = (),
+        summary: SummaryCard | None = None,
+    ) -> TransferTicket:
+        """Start a transfer of this call to ``to_agent`` and put the caller on hold."""
+        self.session.set_muted(True)
+        try:
+            ticket = await self._service.start_transfer(
+                TransferRequest(
+                    caller=caller,
+                    from_agent=self.session.identity,
+                    to_agent=to_agent,
+                    call_room=self.session.room_name,
+                    mode=mode,
+                    transcript=transcript,
+                    summary=summary,
+                )
+            )
+        except BaseException:
+            self.session.set_muted(False)
+            raise
+        self.ticket = ticket
+        await self._apply(ticket.transfer)
+        return ticket
+
+    def _on_data(self, msg: DataMessage) -> None:
+        if msg.topic != STATUS_TOPIC:
+            return
+        try:
+            snap = TransferSnapshot.from_dict(msg.json())
+        except SoftphoneError:
+            log.warning("malformed transfer status ignored")
+            return
+        self._tasks.spawn(self._apply(snap))
+
+    async def _apply(self, snap: TransferSnapshot) -> None:
+        async with self._lock:
+            if self.last is not None and (
+                self.last.transfer_id == snap.transfer_id and self.last.version >= snap.version
+            ):
+                return
+            self.last = snap
+            self.emit("transfer_changed", snap)
+            if snap.phase == "consulting" and self.consult is None:
+                token = self.ticket.consult_token if self.ticket else None
+                if token is not None:
+                    try:
+                        self.consult = await _join(token, self._mic)
+                        self.emit("consult_joined", self.consult)
+                    except MediaError:
+                        log.warning("could not join the consult leg")
+            elif snap.phase == "returned":
+                self.session.set_muted(False)
+                await self._leave_consult()
+            elif snap.phase in ("completed", "ended"):
+                await self._leave_consult()
+
+    async def _leave_consult(self) -> None:
+        consult, self.consult = self.consult, None
+        if consult is not None:
+            await consult.aclose()
+            self.emit("consult_left", None)
+
+    async def aclose(self) -> None:
+        """Leave the consult leg and the call room."""
+        await self._tasks.cancel()
+        await self._leave_consult()
+        await self.session.aclose()
+
+    async def __aenter__(self) -> AgentCall:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,134 @@
+"""The real backend as a child process under uvicorn, for tests and the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from softphone.backend.client import RemoteTransferService
+from softphone.config import Secret
+from softphone.services.local_server import LocalLiveKitServer, free_port
+
+IDENTITIES = 400
+
+
+def identities() -> list[tuple[str, str]]:
+    """(identity, role) pairs the backend has keys for."""
+    out: list[tuple[str, str]] = []
+    for n in range(IDENTITIES):
+        out += [(f"caller-{n}", "caller"), (f"agent-a-{n}", "agent"), (f"agent-b-{n}", "agent")]
+    return out
+
+
+class BackendProcess:
+    """``python -m softphone.backend`` on a free loopback port, with a keys file.
+
+    Args:
+        livekit_server: The LiveKit server the backend administers.
+        workdir: Where the keys file, profile and log go.
+        lobby: The lobby room.
+        offer_timeout_s: Offer timeout.
+        extra_args: More command-line flags.
+        extra_env: More environment.
+    """
+
+    def __init__(
+        self,
+        *,
+        livekit_server: LocalLiveKitServer,
+        workdir: Path,
+        lobby: str,
+        offer_timeout_s: float,
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self._lk = livekit_server
+        self._dir = workdir
+        self._lobby = lobby
+        self._offer_timeout_s = offer_timeout_s
+        self._extra_args = extra_args
+        self._extra_env = dict(extra_env or {})
+        self.keys = {ident: secrets.token_urlsafe(24) for ident, _ in identities()}
+        self.roles = dict(identities())
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "backend.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def client_for(self, identity: str) -> RemoteTransferService:
+        """A remote service acting as ``identity`` (with its own key)."""
+        return RemoteTransferService(base_url=self.url, api_key=Secret(self.keys[identity]))
+
+    async def __aenter__(self) -> BackendProcess:
+        keys_file = self._dir / "keys.json"
+        keys_file.write_text(
+            json.dumps(
+                {"keys": {k: {"identity": i, "role": self.roles[i]} for i, k in self.keys.items()}}
+            )
+        )
+        keys_file.chmod(0o600)
+        env = {
+            **os.environ,
+            "LIVEKIT_URL": self._lk.url,
+            "LIVEKIT_API_KEY": self._lk.api_key,
+            "LIVEKIT_API_SECRET": self._lk.api_secret.get(),
+            "SOFTPHONE_HOME": str(self._dir / "home"),
+            **self._extra_env,
+        }
+        args = [
+            sys.executable,
+            "-m",
+            "softphone.backend",
+            "--port",
+            str(self.port),
+            "--keys-file",
+            str(keys_file),
+            "--lobby",
+            self._lobby,
+            "--offer-timeout",
+            str(self._offer_timeout_s),
+            "--move-timeout",
+            "5",
+            *self._extra_args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while True:
+                if self._proc.poll() is not None:
+                    raise RuntimeError("backend exited:\n" + self.log_path.read_text()[-2000:])
+                try:
+                    if (await http.get(f"{self.url}/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("backend did not start:\n" + self.log_path.read_text())
+                await asyncio.sleep(0.1)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -1,0 +1,253 @@
+"""Fixtures for the transfer tests: the service (embedded or backend), and parties.
+
+Every scenario runs twice: against the embedded orchestrator and against the
+real backend under uvicorn (``transfer_env`` is parametrized). Parties are real
+RTC participants playing tones: caller 440 Hz, agent A 660 Hz, agent B 880 Hz;
+hold audio is 330 Hz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit import rtc
+
+from softphone.media.session import RtcSession
+from softphone.media.tone import SAMPLE_RATE, TonePlayer
+from softphone.services.local_server import LocalLiveKitServer
+from softphone.services.room_admin import RoomAdmin
+from softphone.services.token_minter import TokenMinter
+from softphone.services.transfer_participants import AgentCall, AgentLobby, CallerMover, Offer
+from softphone.services.transfer_service import TransferService
+from tests.audio_probe import Listener, tone_level
+from tests.transfer.backend_process import BackendProcess
+
+CALLER_HZ = 440.0
+A_HZ = 660.0
+B_HZ = 880.0
+HOLD_HZ = 330.0
+OFFER_TIMEOUT_S = 3.0
+_ids = itertools.count()
+
+
+@dataclasses.dataclass
+class TransferEnv:
+    """One service under test and how to reach it as each identity."""
+
+    kind: str
+    url: str
+    lobby: str
+    minter: TokenMinter
+    service_for: Callable[[str], TransferService]
+    backend: BackendProcess | None = None
+
+
+@pytest.fixture(scope="session")
+async def embedded_env(
+    livekit_server: LocalLiveKitServer, minter: TokenMinter
+) -> AsyncIterator[TransferEnv]:
+    """The embedded orchestrator, one per session."""
+    from softphone.services.transfer_orchestrator import TransferOrchestrator
+    from softphone.speech.offline_summarizer import OfflineSummarizer
+
+    async with RoomAdmin(
+        url=livekit_server.url,
+        api_key=livekit_server.api_key,
+        api_secret=livekit_server.api_secret,
+    ) as rooms:
+        service = TransferOrchestrator(
+            url=livekit_server.url,
+            rooms=rooms,
+            minter=minter,
+            summarizer=OfflineSummarizer(timeout_s=3.0),
+            fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
+            lobby_room="lobby-embedded",
+            offer_timeout_s=OFFER_TIMEOUT_S,
+            move_timeout_s=5.0,
+        )
+        async with service:
+            yield TransferEnv(
+                kind="embedded",
+                url=livekit_server.url,
+                lobby="lobby-embedded",
+                minter=minter,
+                service_for=lambda identity: service,
+            )
+
+
+@pytest.fixture(scope="session")
+async def backend_env(
+    livekit_server: LocalLiveKitServer,
+    minter: TokenMinter,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[TransferEnv]:
+    """The real backend under uvicorn (a child process), one per session."""
+    async with BackendProcess(
+        livekit_server=livekit_server,
+        workdir=tmp_path_factory.mktemp("backend"),
+        lobby="lobby-backend",
+        offer_timeout_s=OFFER_TIMEOUT_S,
+    ) as backend:
+        clients: dict[str, TransferService] = {}
+
+        def service_for(identity: str) -> TransferService:
+            if identity not in clients:
+                clients[identity] = backend.client_for(identity)
+            return clients[identity]
+
+        try:
+            yield TransferEnv(
+                kind="backend",
+                url=livekit_server.url,
+                lobby="lobby-backend",
+                minter=minter,
+                service_for=service_for,
+                backend=backend,
+            )
+        finally:
+            for c in clients.values():
+                await c.aclose()
+
+
+@pytest.fixture(params=["embedded", "backend"])
+def transfer_env(request: pytest.FixtureRequest) -> TransferEnv:
+    """The service under test: embedded, then the backend."""
+    env: TransferEnv = request.getfixturevalue(f"{request.param}_env")
+    return env
+
+
+@dataclasses.dataclass
+class Party:
+    """A real RTC participant playing a tone."""
+
+    identity: str
+    source: rtc.AudioSource
+    tone: TonePlayer
+
+
+def new_party(identity: str, freq: float) -> Party:
+    """A tone source for one participant (published by whoever joins for it)."""
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+    tone = TonePlayer(source, freq=freq)
+    return Party(identity, source, tone)
+
+
+@dataclasses.dataclass
+class Call:
+    """A call in progress: the caller with A in R1, B waiting in the lobby."""
+
+    env: TransferEnv
+    room: str
+    caller: Party
+    a: Party
+    b: Party
+    caller_session: RtcSession
+    mover: CallerMover | None
+    a_call: AgentCall
+    b_lobby: AgentLobby
+    offers: asyncio.Queue[Offer]
+    withdrawn: list[str]
+    extra: list[Any]
+
+    @property
+    def caller_now(self) -> RtcSession:
+        """The caller's current session (R2 after a move)."""
+        return self.mover.session if self.mover else self.caller_session
+
+    @property
+    def a_service(self) -> TransferService:
+        return self.env.service_for(self.a.identity)
+
+    async def next_offer(self, timeout_s: float = 10.0) -> Offer:
+        return await asyncio.wait_for(self.offers.get(), timeout_s)
+
+
+def ids(prefix: str) -> tuple[str, str, str, str]:
+    """Unique room, caller, A and B names (the backend knows keys for them)."""
+    n = next(_ids)
+    tag = uuid.uuid4().hex[:6]
+    return f"call-{prefix}-{n}-{tag}", f"caller-{n}", f"agent-a-{n}", f"agent-b-{n}"
+
+
+@contextlib.asynccontextmanager
+async def open_call(
+    env: TransferEnv, *, caller_moves: bool = True, prefix: str = "t"
+) -> AsyncIterator[Call]:
+    """Caller and A talking in R1, B online in the lobby; everything closed at the end."""
+    room, c_id, a_id, b_id = ids(prefix)
+    caller, a, b = new_party(c_id, CALLER_HZ), new_party(a_id, A_HZ), new_party(b_id, B_HZ)
+    for p in (caller, a, b):
+        p.tone.start()
+    c_session = RtcSession(
+        url=env.url, token=env.minter.mint(role="caller", identity=c_id, room=room).token
+    )
+    a_session = RtcSession(
+        url=env.url, token=env.minter.mint(role="agent", identity=a_id, room=room).token
+    )
+    await c_session.connect()
+    await a_session.connect()
+    await c_session.publish_audio(caller.source)
+    await a_session.publish_audio(a.source)
+    # A caller whose client cannot obey a move (e.g. SIP) has no handler for it.
+    mover = CallerMover(session=c_session, mic=caller.source) if caller_moves else None
+    a_call = AgentCall(session=a_session, mic=a.source, service=env.service_for(a_id))
+    b_lobby = AgentLobby(
+        lobby_token=env.minter.mint(role="agent", identity=b_id, room=env.lobby).token,
+        url=env.url,
+        service=env.service_for(b_id),
+        mic=b.source,
+    )
+    offers: asyncio.Queue[Offer] = asyncio.Queue()
+    withdrawn: list[str] = []
+    b_lobby.on("offer", offers.put_nowait)
+    b_lobby.on("offer_withdrawn", lambda w: withdrawn.append(w.transfer_id))
+    await b_lobby.start()
+    call = Call(env, room, caller, a, b, c_session, mover, a_call, b_lobby, offers, withdrawn, [])
+    try:
+        yield call
+    finally:
+        for x in call.extra:
+            with contextlib.suppress(Exception):
+                await x.aclose()
+        await b_lobby.aclose()
+        await a_call.aclose()
+        await (mover.session if mover else c_session).aclose()
+        for p in (caller, a, b):
+            await p.tone.aclose()
+
+
+async def hears(session: RtcSession, identity: str, freq: float, seconds: float = 1.0) -> float:
+    """Share of 10 ms windows in the last part of ``seconds`` where ``freq`` is present."""
+    audio = await session.wait_for_audio(identity, timeout_s=10.0)
+    listener = Listener(audio)
+    await asyncio.sleep(seconds)
+    await listener.aclose()
+    windows = listener.capture.windows()
+    tail = windows[len(windows) // 3 :]
+    if not tail:
+        return 0.0
+    return float(np.mean([tone_level(w, freq) > 0.05 for _, w in tail]))
+
+
+async def room_exists(rooms: RoomAdmin, name: str) -> bool:
+    """Whether the server still lists the room."""
+    return bool(await rooms.list_rooms([name]))
+
+
+async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> None:
+    """Wait until ``await check()`` is true."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        if await check():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,79 @@
+"""Warm transfer end to end: real server, real participants with real audio.
+
+Each test runs against the embedded service and the backend under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from softphone.domain.transcript import TranscriptSegment
+from softphone.services.room_admin import RoomAdmin
+from tests.transfer.conftest import (
+    A_HZ,
+    B_HZ,
+    CALLER_HZ,
+    HOLD_HZ,
+    TransferEnv,
+    eventually,
+    hears,
+    open_call,
+    room_exists,
+)
+
+pytestmark = pytest.mark.integration
+
+TRANSCRIPT = (
+    TranscriptSegment("caller", 0.0, 3.0, "Hi, my order 12345 arrived broken."),
+    TranscriptSegment("agent", 3.0, 6.0, "Sorry to hear that, I will get you to returns."),
+)
+
+
+async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: RoomAdmin) -> None:
+    async with open_call(transfer_env, prefix="warm") as call:
+        caller = call.caller.identity
+        a_service = call.a_service
+        ticket = await call.a_call.transfer(
+            caller=caller, to_agent=call.b.identity, transcript=TRANSCRIPT
+        )
+        assert ticket.transfer.phase == "offering"
+        # B sees the summary before joining.
+        offer = await call.next_offer()
+        assert offer.transfer_id == ticket.transfer_id
+        assert offer.summary is not None and offer.summary.reason
+        assert not offer.summary.fallback
+        # On hold: the caller hears the hold tone, not A.
+        assert await hears(call.caller_session, f"hold-{ticket.transfer_id}", HOLD_HZ) > 0.8
+        assert call.a_call.session.muted
+        b_session = await call.b_lobby.accept(offer.transfer_id)
+        snap = await a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        meta = json.loads(b_session.room.metadata)
+        assert meta["summary"]["reason"] == offer.summary.reason
+        # Consult leg: A and B hear each other in R2.
+        await eventually(lambda: asyncio.sleep(0, call.a_call.consult is not None))
+        assert call.a_call.consult is not None
+        assert await hears(b_session, call.a.identity, A_HZ) > 0.8
+        snap = await a_service.complete(ticket.transfer_id, agent=call.a.identity)
+        assert snap.phase == "completed"
+        assert snap.strategy == "move_caller"
+        assert [t.phase for t in snap.timeline] == [
+            "preparing",
+            "offering",
+            "consulting",
+            "completing",
+            "completed",
+        ]
+        assert call.mover is not None and call.mover.session.room_name == ticket.new_room
+        # The caller and B hear each other; A is in neither room; R1 is gone.
+        assert await hears(b_session, caller, CALLER_HZ) > 0.8
+        assert await hears(call.mover.session, call.b.identity, B_HZ) > 0.8
+        r2 = {p.identity for p in await room_admin.list_participants(ticket.new_room)}
+        assert call.a.identity not in r2 and {caller, call.b.identity} <= r2
+        await eventually(lambda: _gone(room_admin, call.room))
+
+
+async def _gone(rooms: RoomAdmin, name: str) -> bool:
+    return not await room_exists(rooms, name)
