@@ -112,13 +112,19 @@ REASON_CUES = re.compile(
     r"|cancel|refund|change|update|reset|locked|missing|wrong|late|help (?:me )?with)\b",
     re.IGNORECASE,
 )
+_IRREGULAR_DONE = (
+    "sent|reset|set up|made|put|given|written|done|taken|sent out|paid|sold|put through|shipped"
+)
+_DONE_VERBS = (
+    "refunded|reset|sent|updated|created|issued|cancell?ed|scheduled|escalated|processed"
+    "|applied|changed|booked|opened|added|removed|credited|reversed|unlocked|verified|filed"
+    "|logged|submitted|arranged|replaced|fixed|restored|moved|noted|confirmed|placed|waived"
+    "|reactivated|activated|set up|raised|emailed|texted|ordered|shipped|extended|corrected"
+)
 ACTION_CUES = re.compile(
-    r"\b(?:i(?:'ve| have)|i just|i went ahead and|we(?:'ve| have)|it(?:'s| has) been"
-    r"|that(?:'s| has) been|i)\s+(?:also\s+|now\s+|already\s+|just\s+)?"
-    r"(?:refunded|reset|sent|updated|created|issued|cancell?ed|scheduled|escalated|processed"
-    r"|applied|changed|booked|opened|added|removed|credited|reversed|unlocked|verified|filed"
-    r"|logged|submitted|arranged|replaced|fixed|restored|moved|noted|confirmed|placed|waived"
-    r"|reactivated|activated|set up|raised|emailed|texted|ordered|shipped|extended|corrected)\b",
+    r"\b(?:(?:i(?:'ve| have)|we(?:'ve| have)|(?:it|that|this)(?:'s| has) been)"
+    r"\s+(?:also\s+|now\s+|already\s+|just\s+)?(?:[a-z]{3,}ed|" + _IRREGULAR_DONE + r")"
+    r"|(?:i|we)\s+(?:just\s+|also\s+|went ahead and\s+)?(?:" + _DONE_VERBS + r"))\b",
     re.IGNORECASE,
 )
 OPEN_CUES = re.compile(

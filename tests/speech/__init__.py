@@ -1,0 +1,1 @@
+"""Tests of speech: summarizers, STT providers, live transcription, recording, speech route."""

@@ -1,0 +1,258 @@
+"""The scripted test calls in ``tests/data/calls/`` and their rendering to speech.
+
+Each call is JSON: two speakers (role -> identity and espeak-ng voice), the
+turns (speaker role and text), the facts a good summary must contain and the
+caller's sentiment. :func:`render_call` speaks every turn with espeak-ng (two
+different voices), caches each rendering under ``tests/.cache/speech/`` keyed
+by a hash of text and voice, and lays the turns out on one timeline as one
+track per speaker (silence while the other one talks), as a call recording
+would have them. Also here: the text normalisation and word error rate used
+by the tests and by ``bench/speech.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from softphone.domain.transcript import TranscriptSegment
+
+ROOT = Path(__file__).resolve().parents[2]
+CALLS_DIR = ROOT / "tests" / "data" / "calls"
+CACHE_DIR = ROOT / "tests" / ".cache" / "speech"
+SAMPLE_RATE = 48000
+GAP_S = 0.8
+ESPEAK_SPEED = 160
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """One scripted turn."""
+
+    role: str
+    identity: str
+    voice: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One scripted call."""
+
+    id: str
+    identities: dict[str, str]  # role -> identity
+    turns: tuple[Turn, ...]
+    facts: tuple[str, ...]
+    sentiment: str
+
+    def reference_segments(self) -> list[TranscriptSegment]:
+        """The script as transcript segments (one per turn, 4 s apart)."""
+        return [
+            TranscriptSegment(t.identity, i * 4.0, i * 4.0 + 3.5, t.text, segment_id=f"ref-{i}")
+            for i, t in enumerate(self.turns)
+        ]
+
+    def reference_text(self, identity: str) -> str:
+        """Everything ``identity`` says, in order."""
+        return " ".join(t.text for t in self.turns if t.identity == identity)
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    """Where a turn landed on the rendered call's timeline."""
+
+    identity: str
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedCall:
+    """A call as per-speaker 16-bit mono tracks at 48 kHz on one timeline."""
+
+    call: Call
+    tracks: dict[str, np.ndarray]
+    utterances: tuple[Utterance, ...]
+    duration_s: float
+
+
+def load_calls() -> list[Call]:
+    """Every call in the corpus, in file-name order."""
+    calls: list[Call] = []
+    for path in sorted(CALLS_DIR.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        speakers = data["speakers"]
+        turns = tuple(
+            Turn(
+                t["speaker"],
+                speakers[t["speaker"]]["identity"],
+                speakers[t["speaker"]]["voice"],
+                t["text"],
+            )
+            for t in data["turns"]
+        )
+        calls.append(
+            Call(
+                id=data["id"],
+                identities={r: s["identity"] for r, s in speakers.items()},
+                turns=turns,
+                facts=tuple(data["facts"]),
+                sentiment=data["sentiment"],
+            )
+        )
+    return calls
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """Mono 16-bit samples and the rate of a WAV file."""
+    with wave.open(str(path), "rb") as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return data.reshape(-1, w.getnchannels())[:, 0].copy(), w.getframerate()
+
+
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write mono 16-bit samples as a WAV file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(np.asarray(samples, np.int16).tobytes())
+    return path
+
+
+def render_turn(text: str, voice: str) -> np.ndarray:
+    """``text`` spoken by espeak-ng with ``voice``, 48 kHz, leading/trailing silence trimmed.
+
+    Cached by a hash of text, voice and speed, so each is rendered once per machine.
+    """
+    key = hashlib.sha256(f"{voice}|{ESPEAK_SPEED}|{text}".encode()).hexdigest()[:24]
+    out = CACHE_DIR / f"{key}.wav"
+    if not out.exists():
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        raw = out.with_suffix(".raw.wav")
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(ESPEAK_SPEED), "-w", str(raw), text],
+            check=True,
+            capture_output=True,
+        )
+        tmp = out.with_suffix(".tmp.wav")
+        subprocess.run(
+            ["sox", str(raw), "-r", str(SAMPLE_RATE), "-b", "16", "-c", "1", str(tmp)],
+            check=True,
+            capture_output=True,
+        )
+        raw.unlink()
+        samples, _ = read_wav(tmp)
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+        if loud.size:
+            samples = samples[loud[0] : loud[-1] + 1]
+        write_wav(tmp, samples)
+        tmp.replace(out)
+    return read_wav(out)[0]
+
+
+def render_call(call: Call, *, gap_s: float = GAP_S) -> RenderedCall:
+    """Speak the whole call: one track per speaker, turns one after another."""
+    pieces: list[tuple[Turn, np.ndarray]] = [(t, render_turn(t.text, t.voice)) for t in call.turns]
+    pos = int(gap_s * SAMPLE_RATE)
+    utterances: list[Utterance] = []
+    placed: list[tuple[str, int, np.ndarray]] = []
+    for turn, audio in pieces:
+        placed.append((turn.identity, pos, audio))
+        utterances.append(
+            Utterance(
+                turn.identity,
+                pos / SAMPLE_RATE,
+                (pos + len(audio)) / SAMPLE_RATE,
+                turn.text,
+            )
+        )
+        pos += len(audio) + int(gap_s * SAMPLE_RATE)
+    total = pos + SAMPLE_RATE  # one second of quiet at the end
+    tracks = {ident: np.zeros(total, np.int16) for ident in call.identities.values()}
+    for ident, start, audio in placed:
+        tracks[ident][start : start + len(audio)] = audio
+    return RenderedCall(call, tracks, tuple(utterances), total / SAMPLE_RATE)
+
+
+# ---- word error rate -------------------------------------------------------
+
+_NUMBERS = {
+    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+    "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90,
+}  # fmt: skip
+_ORDINALS = {
+    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
+    "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
+    "fourteenth": 14, "fifteenth": 15, "twentieth": 20, "thirtieth": 30,
+}  # fmt: skip
+
+
+def normalize(text: str) -> list[str]:
+    """Words for WER: lower case, no punctuation, numbers as digits, ``$5`` as ``5 dollars``."""
+    t = text.lower()
+    t = re.sub(r"\$(\d+)\.(\d\d)\b", r"\1 dollars and \2 cents", t)
+    t = re.sub(r"\$(\d+)", r"\1 dollars", t)
+    t = re.sub(r"(?<=\d),(?=\d{3})", "", t)
+    t = re.sub(r"(\d+)(st|nd|rd|th)\b", r"\1", t)
+    t = t.replace("@", " at ").replace("-", " ")
+    t = re.sub(r"(?<=[a-z])\.(?=[a-z])", " dot ", t)
+    t = re.sub(r"[^a-z0-9' ]+", " ", t)
+    t = t.replace("'", "")
+    words = t.split()
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in _ORDINALS:
+            out.append(str(_ORDINALS[w]))
+        elif w in _NUMBERS:
+            value = _NUMBERS[w]
+            if value >= 20 and i + 1 < len(words) and words[i + 1] in _NUMBERS:
+                nxt = _NUMBERS[words[i + 1]]
+                if nxt < 10:
+                    value += nxt
+                    i += 1
+            elif value >= 20 and i + 1 < len(words) and words[i + 1] in _ORDINALS:
+                value += _ORDINALS[words[i + 1]]
+                i += 1
+            out.append(str(value))
+        else:
+            out.append(w)
+        i += 1
+    return out
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def wer(ref: str, hyp: str) -> float:
+    """Word error rate of ``hyp`` against ``ref``."""
+    r = normalize(ref)
+    return edit_distance(r, normalize(hyp)) / max(1, len(r))
+
+
+def fact_recall(facts: tuple[str, ...] | list[str], rendered_card: str) -> float:
+    """Share of ``facts`` found (case-insensitively) in a card's text rendering."""
+    text = rendered_card.lower()
+    return sum(f.lower() in text for f in facts) / max(1, len(facts))
