@@ -1,8 +1,15 @@
 """Composition root and command line of the softphone.
 
-``softphone server`` starts a local LiveKit server and prints its URL and
-ready-made tokens for a caller and an agent; the window modes are added by
-the UI layer.
+- ``softphone [--role caller|agent|supervisor] ...`` opens the window of one
+  role (Qt on a qasync loop).
+- ``softphone --headless ...`` joins the room with no window, for scripted
+  scenarios; it runs until interrupted.
+- ``softphone demo`` starts the local LiveKit server once and opens a caller,
+  Agent A and Agent B (``--supervisor``: and a supervisor) wired to one call.
+- ``softphone server`` starts a local LiveKit server and prints its URL and
+  ready-made tokens for a caller and an agent.
+
+Only ``softphone.ui`` imports Qt, and only when a window mode runs.
 """
 
 from __future__ import annotations
@@ -10,18 +17,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 from softphone import __version__
-from softphone.config import FIELDS, Settings, load_settings
-from softphone.errors import SoftphoneError
+from softphone.config import FIELDS, Secret, Settings, load_settings
+from softphone.errors import ConfigError, SoftphoneError
+from softphone.services.history import HistoryStore
 from softphone.services.local_server import LocalLiveKitServer
+from softphone.services.room_admin import RoomAdmin
 from softphone.services.server_binary import ensure_server_binary
 from softphone.services.token_minter import TokenMinter
+
+if TYPE_CHECKING:
+    from softphone.ui.context import AppContext
 
 log = logging.getLogger("softphone")
 
@@ -44,7 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", dest="backend_url", help=FIELDS["backend_url"].metadata["help"]
     )
     parser.add_argument("--log-level", dest="log_level", help=FIELDS["log_level"].metadata["help"])
+    parser.add_argument("--theme", choices=["light", "dark"], help=FIELDS["theme"].metadata["help"])
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window: join --room as --role and run until interrupted (scripted scenarios)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="start a local LiveKit server and open a caller, Agent A and Agent B on one call",
+    )
+    demo.add_argument("--supervisor", action="store_true", help="also open a supervisor window")
     server = sub.add_parser(
         "server", help="start a local LiveKit server and print its URL and ready-made tokens"
     )
@@ -56,7 +81,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings with the command line's values on top of every other source."""
     overrides: dict[str, Any] = {
         k: getattr(args, k, None)
-        for k in ("profile", "role", "identity", "room", "livekit_url", "backend_url", "log_level")
+        for k in (
+            "profile",
+            "role",
+            "identity",
+            "room",
+            "livekit_url",
+            "backend_url",
+            "log_level",
+            "theme",
+        )
     }
     return load_settings(overrides)
 
@@ -100,6 +134,218 @@ async def run_server(settings: Settings, room: str) -> None:
         await stop.wait()
 
 
+@dataclasses.dataclass
+class LiveKitAccess:
+    """Where clients connect and, in embedded mode, the key and secret to mint tokens."""
+
+    url: str
+    api_key: str = ""
+    api_secret: Secret | None = None
+
+
+@asynccontextmanager
+async def livekit_access(settings: Settings) -> AsyncIterator[LiveKitAccess]:
+    """The configured LiveKit server, or a local one started for the app's lifetime."""
+    if settings.livekit_url:
+        yield LiveKitAccess(
+            settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret
+        )
+        return
+    settings.ensure_dirs()
+    binary = await asyncio.to_thread(ensure_server_binary, settings.livekit_server_bin)
+    server = LocalLiveKitServer(binary=binary, log_path=settings.logs_dir / "livekit-server.log")
+    async with server:
+        yield LiveKitAccess(server.url, server.api_key, server.api_secret)
+
+
+async def open_context(
+    settings: Settings,
+    access: LiveKitAccess,
+    stack: AsyncExitStack,
+    *,
+    transfer: Any | None = None,
+) -> AppContext:
+    """Build the services of one window on ``stack``: history, tokens, server API, transfers.
+
+    Args:
+        settings: The window's profile.
+        access: The LiveKit server.
+        stack: Closes everything opened here, in reverse order.
+        transfer: A transfer service to share (the demo's windows share one).
+    """
+    from softphone.ui.context import AppContext
+
+    settings.ensure_dirs()
+    history = await stack.enter_async_context(HistoryStore(settings.history_path))
+    context = AppContext(settings=settings, url=access.url, history=history, transfer=transfer)
+    if access.api_secret is not None and access.api_key:
+        context.minter = TokenMinter(
+            api_key=access.api_key,
+            api_secret=access.api_secret,
+            default_ttl_s=settings.token_ttl_s,
+        )
+        context.admin = await stack.enter_async_context(
+            RoomAdmin(url=access.url, api_key=access.api_key, api_secret=access.api_secret)
+        )
+    if context.transfer is None:
+        context.transfer = await open_transfer_service(settings, context, stack)
+    return context
+
+
+async def open_transfer_service(
+    settings: Settings, context: AppContext, stack: AsyncExitStack
+) -> Any | None:
+    """The remote transfer service with ``--backend``, else the embedded one (if it can mint)."""
+    if settings.backend_url:
+        from softphone.backend.client import RemoteTransferService
+
+        return await stack.enter_async_context(
+            RemoteTransferService(base_url=settings.backend_url, api_key=settings.backend_api_key)
+        )
+    if context.minter is None or context.admin is None:
+        return None
+    from softphone.services.transfer_orchestrator import TransferOrchestrator
+    from softphone.speech.factory import make_offline_summarizer, make_summarizer
+
+    return await stack.enter_async_context(
+        TransferOrchestrator(
+            url=context.url,
+            rooms=context.admin,
+            minter=context.minter,
+            summarizer=make_summarizer(settings),
+            fallback_summarizer=make_offline_summarizer(settings),
+            lobby_room=settings.lobby_room,
+            offer_timeout_s=settings.offer_timeout_s,
+            history=context.history,
+        )
+    )
+
+
+def demo_settings(base: Settings) -> dict[str, Settings]:
+    """The profiles of the demo's windows, derived from the base profile.
+
+    Each window has its own profile (``<base>-caller``, ``-agent-a``, ...), so
+    histories and device choices stay apart; the room is ``demo-call``.
+    """
+    room = base.room or "demo-call"
+    out = {}
+    for key, role, identity in (
+        ("caller", "caller", "caller"),
+        ("agent_a", "agent", "agent-a"),
+        ("agent_b", "agent", "agent-b"),
+        ("supervisor", "supervisor", "supervisor"),
+    ):
+        out[key] = load_settings(
+            {
+                "profile": f"{base.profile}-{key.replace('_', '-')}",
+                "home": base.home,
+                "role": role,
+                "identity": identity,
+                "room": room,
+                "livekit_url": base.livekit_url or None,
+                "backend_url": base.backend_url or None,
+                "theme": base.theme,
+                "log_level": base.log_level,
+            }
+        )
+    return out
+
+
+async def build_windows(
+    settings: Settings,
+    stack: AsyncExitStack,
+    *,
+    demo: bool = False,
+    supervisor: bool = False,
+    auto_join: bool = True,
+) -> list[Any]:
+    """Build the window(s) of one instance, opening their services on ``stack``.
+
+    In the demo the caller and Agent A join ``demo-call`` and both agents go
+    online in the lobby, so a warm transfer is one click away.
+    """
+    from softphone.ui.views.agent_window import AgentWindow
+    from softphone.ui.views.caller_window import CallerWindow
+    from softphone.ui.views.supervisor_window import SupervisorWindow
+
+    access = await stack.enter_async_context(livekit_access(settings))
+    if not demo:
+        context = await open_context(settings, access, stack)
+        if settings.role == "caller":
+            return [CallerWindow(context=context)]
+        if settings.role == "supervisor":
+            return [SupervisorWindow(context=context)]
+        agent = AgentWindow(context=context)
+        agent.go_online()
+        return [agent]
+    profiles = demo_settings(settings)
+    first = await open_context(profiles["agent_a"], access, stack)
+    contexts = {"agent_a": first}
+    for key in ("caller", "agent_b", "supervisor"):
+        if key != "supervisor" or supervisor:
+            contexts[key] = await open_context(
+                profiles[key], access, stack, transfer=first.transfer
+            )
+    caller = CallerWindow(context=contexts["caller"])
+    a = AgentWindow(context=contexts["agent_a"], title="Agent A")
+    b = AgentWindow(context=contexts["agent_b"], title="Agent B")
+    windows: list[Any] = [caller, a, b]
+    if supervisor:
+        windows.append(SupervisorWindow(context=contexts["supervisor"]))
+    _place(windows)
+    a.go_online()
+    b.go_online()
+    if auto_join:
+        caller.call_panel.join_btn.click()
+        a.call_panel.join_btn.click()
+    return windows
+
+
+def run_windows(settings: Settings, *, demo: bool = False, supervisor: bool = False) -> None:
+    """Open the window(s) and run until they are all closed; then stop everything."""
+    from softphone.ui.shell import run_qt, run_until_closed
+
+    async def build(stack: AsyncExitStack) -> list[Any]:
+        return await build_windows(settings, stack, demo=demo, supervisor=supervisor)
+
+    run_qt(lambda: run_until_closed(build), theme=settings.theme)
+
+
+def _place(windows: Sequence[Any]) -> None:
+    """Lay the demo's windows side by side on the screen."""
+    x = 0
+    for w in windows:
+        w.move(x, 0)
+        x += min(w.width(), 640) + 10
+
+
+async def run_headless(settings: Settings) -> None:
+    """Join ``settings.room`` as ``settings.role`` with no window, until interrupted."""
+    from softphone.ui.views.call_controller import CallController
+
+    if not settings.room:
+        raise ConfigError("--headless needs --room")
+    async with AsyncExitStack() as stack:
+        access = await stack.enter_async_context(livekit_access(settings))
+        context = await open_context(settings, access, stack)
+        calls = CallController(context=context, role=settings.role)
+        stack.push_async_callback(calls.aclose)
+        leg = await calls.join(settings.room, publish=settings.role != "supervisor")
+        mic = calls.devices.mic
+        print(
+            f"joined {leg.room_name} as {calls.identity} "
+            f"(microphone: {mic.device_name if mic and mic.device_name else 'none'})",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        leg.session.on("disconnected", lambda _d: stop.set())
+        await stop.wait()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``softphone`` command."""
     parser = build_parser()
@@ -109,8 +355,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         setup_logging(settings)
         if args.command == "server":
             asyncio.run(run_server(settings, settings.room or "demo-call"))
+        elif args.command == "demo":
+            run_windows(settings, demo=True, supervisor=args.supervisor)
+        elif args.headless:
+            asyncio.run(run_headless(settings))
         else:
-            parser.print_help()
+            run_windows(settings)
     except SoftphoneError as exc:
         print(f"softphone: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

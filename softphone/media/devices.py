@@ -1,0 +1,518 @@
+"""Native audio devices: device lists, microphone capture, speaker playback, hot-plug.
+
+Capture and playback go through PortAudio (``sounddevice``). The microphone
+feeds one ``rtc.AudioSource`` for its whole life, so switching devices (by the
+user, or because a headset was unplugged) never republishes the track and never
+drops the call. The speaker mixes every remote track it is given into the
+chosen output device.
+
+Hot-plug: a watcher notices when the device in use stops delivering audio
+(unplugged), rescans PortAudio, and falls back to the system default; while
+fallen back it looks for the chosen device again and switches back when it
+returns. The chosen device is remembered by name (``Settings.input_device`` /
+``output_device``), per profile.
+
+With no audio device at all (headless CI without a sound server) nothing
+fails: the microphone reports ``device_name is None`` and publishes nothing,
+the speaker drops what it is given after metering it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+from livekit import rtc
+
+from softphone.domain.events import EventEmitter
+from softphone.media.levels import LevelTracker
+from softphone.media.session import RemoteAudio
+
+try:  # PortAudio may be missing entirely; the app then runs without devices.
+    import sounddevice as sd
+except OSError:  # pragma: no cover - depends on the machine
+    sd = None
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48000
+BLOCK = SAMPLE_RATE // 50  # 20 ms: fewer wake-ups, and no underruns through the pulse plugin
+MAX_BUFFER_SAMPLES = SAMPLE_RATE // 5  # 200 ms of playout backlog at most
+PUMP_S = 0.01  # how often the microphone pump looks for captured blocks
+STALL_S = 1.0  # a stream with no callback for this long is considered lost
+
+DeviceKind = Literal["input", "output"]
+DeviceEvent = Literal["devices_changed", "device_switched", "device_error"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioDevice:
+    """One PortAudio device.
+
+    Attributes:
+        name: The device name; this is what a profile remembers.
+        index: PortAudio's index (valid until the next rescan).
+        kind: ``input`` or ``output``.
+        default: True for the system default of its kind.
+    """
+
+    name: str
+    index: int
+    kind: DeviceKind
+    default: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceSwitch:
+    """A device change: which kind, to what (``None``: no device), and why."""
+
+    kind: DeviceKind
+    name: str | None
+    reason: Literal["chosen", "fallback", "returned", "none"]
+
+
+def list_devices(kind: DeviceKind) -> list[AudioDevice]:
+    """The devices of one kind that PortAudio sees now; empty if there are none."""
+    if sd is None:
+        return []
+    try:
+        devices = sd.query_devices()
+        default_in, default_out = sd.default.device
+    except Exception:
+        return []
+    default = default_in if kind == "input" else default_out
+    key = "max_input_channels" if kind == "input" else "max_output_channels"
+    return [
+        AudioDevice(name=str(d["name"]), index=i, kind=kind, default=i == default)
+        for i, d in enumerate(devices)
+        if d.get(key, 0) > 0
+    ]
+
+
+def rescan() -> None:
+    """Make PortAudio enumerate devices again; every open stream must be closed first."""
+    if sd is None:
+        return
+    with contextlib.suppress(Exception):
+        sd._terminate()
+        sd._initialize()
+
+
+def _resolve(kind: DeviceKind, name: str) -> AudioDevice | None:
+    """The device named ``name`` (empty: the default), else the default, else any."""
+    devices = list_devices(kind)
+    for d in devices:
+        if name and d.name == name:
+            return d
+    for d in devices:
+        if d.default:
+            return d
+    return devices[0] if devices else None
+
+
+class _Stream:
+    """An open PortAudio stream plus the time of its last callback (for stall checks)."""
+
+    def __init__(self, device: AudioDevice, stream: Any) -> None:
+        self.device = device
+        self.stream = stream
+        self.last_callback = time.monotonic()
+
+    def lost(self) -> bool:
+        active = bool(getattr(self.stream, "active", False))
+        return not active or time.monotonic() - self.last_callback > STALL_S
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stream.abort()
+        with contextlib.suppress(Exception):
+            self.stream.close()
+
+
+class Microphone:
+    """Captures the chosen input device into one ``rtc.AudioSource``.
+
+    Args:
+        loop: The event loop the source is fed on (default: the running one).
+    """
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
+        self.levels = LevelTracker()
+        self._stream: _Stream | None = None
+        # The PortAudio thread only appends here (deque appends are atomic);
+        # the pump drains it on the loop. No call into the loop (or Qt) from
+        # the audio thread: qasync's thread-safe wake-ups from a foreign C
+        # thread crashed PySide6.
+        self._blocks: collections.deque[bytes] = collections.deque(maxlen=25)
+        self._taps: list[Callable[[np.ndarray], None]] = []
+        self._pump = self._loop.create_task(self._run_pump())
+
+    def add_tap(self, tap: Callable[[np.ndarray], None]) -> Callable[[], None]:
+        """Also hand each captured 20 ms block (int16) to ``tap``, on the loop.
+
+        Returns:
+            A function that removes the tap.
+        """
+        self._taps.append(tap)
+        return lambda: self._taps.remove(tap) if tap in self._taps else None
+
+    @property
+    def device_name(self) -> str | None:
+        """The device capturing now, or ``None`` when there is none."""
+        return self._stream.device.name if self._stream else None
+
+    def lost(self) -> bool:
+        """True if the device in use stopped delivering audio."""
+        return self._stream is not None and self._stream.lost()
+
+    def open(self, device: AudioDevice | None) -> None:
+        """Capture from ``device`` (``None``: stop capturing)."""
+        self.close_stream()
+        if device is None or sd is None:
+            return
+        holder: list[_Stream] = []
+
+        def callback(indata: np.ndarray, frames: int, _t: Any, _status: Any) -> None:
+            if holder:
+                holder[0].last_callback = time.monotonic()
+            pcm = indata[:, 0].copy()
+            self.levels.feed(pcm)
+            self._blocks.append(pcm.tobytes())
+
+        stream = sd.InputStream(
+            device=device.index,
+            channels=1,
+            samplerate=SAMPLE_RATE,
+            dtype="int16",
+            blocksize=BLOCK,
+            callback=callback,
+        )
+        holder.append(_Stream(device, stream))
+        stream.start()
+        self._stream = holder[0]
+
+    def close_stream(self) -> None:
+        """Stop capturing (the source and its track stay)."""
+        s, self._stream = self._stream, None
+        if s is not None:
+            s.close()
+        self.levels.reset()
+
+    async def _run_pump(self) -> None:
+        while True:
+            if not self._blocks:
+                await asyncio.sleep(PUMP_S)
+                continue
+            data = self._blocks.popleft()
+            frame = rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2)
+            for tap in list(self._taps):
+                try:
+                    tap(np.frombuffer(data, dtype=np.int16))
+                except Exception:
+                    log.debug("microphone tap failed", exc_info=True)
+            try:
+                await self.source.capture_frame(frame)
+            except Exception:
+                log.debug("capture_frame failed", exc_info=True)
+
+    async def aclose(self) -> None:
+        """Stop capturing and the pump task."""
+        self.close_stream()
+        self._pump.cancel()
+        await asyncio.gather(self._pump, return_exceptions=True)
+        await self.source.aclose()
+
+
+class Speaker:
+    """Plays the remote audio tracks it is given on the chosen output device.
+
+    Each track is read by its own task into its own buffer; the output callback
+    sums the buffers. With no device the audio is metered and dropped.
+    """
+
+    def __init__(self) -> None:
+        self.levels = LevelTracker()
+        self._lock = threading.Lock()
+        self._buffers: dict[str, np.ndarray] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._stream: _Stream | None = None
+
+    @property
+    def device_name(self) -> str | None:
+        """The device playing now, or ``None`` when there is none."""
+        return self._stream.device.name if self._stream else None
+
+    @property
+    def tracks(self) -> list[str]:
+        """Track sids being played."""
+        return list(self._readers)
+
+    def lost(self) -> bool:
+        """True if the device in use stopped pulling audio."""
+        return self._stream is not None and self._stream.lost()
+
+    def add(self, audio: RemoteAudio) -> None:
+        """Start playing one remote track (again, if it was already added)."""
+        self.remove(audio.sid)
+        with self._lock:
+            self._buffers[audio.sid] = np.zeros(0, dtype=np.int16)
+        self._readers[audio.sid] = asyncio.get_running_loop().create_task(self._read(audio))
+
+    def remove(self, sid: str) -> None:
+        """Stop playing a track."""
+        task = self._readers.pop(sid, None)
+        if task is not None:
+            task.cancel()
+        with self._lock:
+            self._buffers.pop(sid, None)
+
+    async def _read(self, audio: RemoteAudio) -> None:
+        stream = audio.stream()
+        try:
+            async for event in stream:
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16)
+                self.levels.feed(pcm)
+                if self._stream is None:
+                    continue
+                with self._lock:
+                    buf = self._buffers.get(audio.sid)
+                    if buf is None:
+                        return
+                    buf = np.concatenate((buf, pcm))[-MAX_BUFFER_SAMPLES:]
+                    self._buffers[audio.sid] = buf
+        finally:
+            await stream.aclose()
+
+    def _callback(self, outdata: np.ndarray, frames: int, _t: Any, _status: Any) -> None:
+        if self._stream is not None:
+            self._stream.last_callback = time.monotonic()
+        mixed = np.zeros(frames, dtype=np.int32)
+        with self._lock:
+            for sid, buf in self._buffers.items():
+                n = min(frames, len(buf))
+                if n:
+                    mixed[:n] += buf[:n]
+                    self._buffers[sid] = buf[n:]
+        outdata[:, 0] = np.clip(mixed, -32768, 32767).astype(np.int16)
+
+    def open(self, device: AudioDevice | None) -> None:
+        """Play on ``device`` (``None``: stop playing)."""
+        self.close_stream()
+        if device is None or sd is None:
+            return
+        stream = sd.OutputStream(
+            device=device.index,
+            channels=1,
+            samplerate=SAMPLE_RATE,
+            dtype="int16",
+            blocksize=BLOCK,
+            latency="high",  # a steady stream matters more than 50 ms for a phone call
+            callback=self._callback,
+        )
+        self._stream = _Stream(device, stream)
+        stream.start()
+
+    def close_stream(self) -> None:
+        """Stop playing (tracks stay attached and metered)."""
+        s, self._stream = self._stream, None
+        if s is not None:
+            s.close()
+        with self._lock:
+            for sid in self._buffers:
+                self._buffers[sid] = np.zeros(0, dtype=np.int16)
+
+    async def aclose(self) -> None:
+        """Stop every reader and the output stream."""
+        tasks = list(self._readers.values())
+        for sid in list(self._readers):
+            self.remove(sid)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.close_stream()
+
+
+class AudioDevices(EventEmitter[DeviceEvent]):
+    """The microphone and speaker of one window, with device choice and hot-plug.
+
+    Use as ``async with AudioDevices(input_device=..., output_device=...) as devices:``.
+
+    Events: ``device_switched`` (:class:`DeviceSwitch`), ``devices_changed``
+    (the lists changed), ``device_error`` (text of a device that would not open).
+
+    Args:
+        input_device: The remembered microphone name (empty: system default).
+        output_device: The remembered speaker name (empty: system default).
+        poll_s: How often the watcher checks that the devices in use still work.
+        return_poll_s: How often, while fallen back, it looks for the chosen
+            device again (a rescan closes the streams for a few milliseconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        input_device: str = "",
+        output_device: str = "",
+        poll_s: float = 1.0,
+        return_poll_s: float = 3.0,
+    ) -> None:
+        super().__init__()
+        self.chosen: dict[DeviceKind, str] = {"input": input_device, "output": output_device}
+        self._poll_s = poll_s
+        self._return_poll_s = return_poll_s
+        self._last_return_check = 0.0
+        self._announced: dict[DeviceKind, tuple[str | None, str]] = {}
+        self._stalls: dict[DeviceKind, int] = {"input": 0, "output": 0}
+        _INSTANCES.add(self)
+        self.mic: Microphone | None = None
+        self.speaker = Speaker()
+        self._watcher: asyncio.Task[None] | None = None
+        self._fallen_back: set[DeviceKind] = set()
+        self._known: tuple[list[AudioDevice], list[AudioDevice]] = ([], [])
+
+    def inputs(self) -> list[AudioDevice]:
+        """Microphones available now."""
+        return list_devices("input")
+
+    def outputs(self) -> list[AudioDevice]:
+        """Speakers and headsets available now."""
+        return list_devices("output")
+
+    async def start(self) -> AudioDevices:
+        """Open the chosen (or default) devices and start watching them."""
+        self.mic = Microphone()
+        self._known = (self.inputs(), self.outputs())
+        self._open("input", self.chosen["input"], "chosen")
+        self._open("output", self.chosen["output"], "chosen")
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def _endpoint(self, kind: DeviceKind) -> Microphone | Speaker:
+        if kind == "input":
+            assert self.mic is not None
+            return self.mic
+        return self.speaker
+
+    def _open(self, kind: DeviceKind, name: str, reason: str) -> None:
+        device = _resolve(kind, name)
+        endpoint = self._endpoint(kind)
+        try:
+            endpoint.open(device)
+        except Exception as exc:
+            log.warning("audio device would not open", extra={"kind": kind, "error": str(exc)})
+            self.emit("device_error", f"the {kind} device would not open")
+            endpoint.open(None)
+            device = None
+        if device is None:
+            self._fallen_back.add(kind)
+            self._announce(DeviceSwitch(kind, None, "none"))
+            return
+        if name and device.name != name:
+            self._fallen_back.add(kind)
+            reason = "fallback"
+        else:
+            self._fallen_back.discard(kind)
+        self._announce(DeviceSwitch(kind, device.name, reason))  # type: ignore[arg-type]
+
+    def _announce(self, switch: DeviceSwitch) -> None:
+        # Reopening the same device after a rescan is not news.
+        key = (switch.name, "fallback" if switch.reason == "returned" else switch.reason)
+        if switch.reason != "chosen" and self._announced.get(switch.kind) == key:
+            return
+        self._announced[switch.kind] = (switch.name, switch.reason)
+        self.emit("device_switched", switch)
+
+    def choose(self, kind: DeviceKind, name: str) -> None:
+        """Switch to the device named ``name`` (empty: the default) and remember it."""
+        self.chosen[kind] = name
+        self._open(kind, name, "chosen")
+
+    def _reopen_after_rescan(self) -> None:
+        """Reopen both devices after a rescan, announcing fallbacks and returns."""
+        now = (self.inputs(), self.outputs())
+        if [[d.name for d in k] for k in now] != [[d.name for d in k] for k in self._known]:
+            self._known = now
+            self.emit("devices_changed")
+        for kind, devices in (("input", now[0]), ("output", now[1])):
+            chosen = self.chosen[kind]  # type: ignore[index]
+            present = not chosen or chosen in [d.name for d in devices]
+            reason = "returned" if kind in self._fallen_back and present else "fallback"
+            self._open(kind, chosen, reason)  # type: ignore[arg-type]
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                self._check()
+            except Exception:
+                log.exception("device watcher check failed")
+
+    def _check(self) -> None:
+        """One watcher round: fall back from lost devices, return to chosen ones."""
+        for kind in ("input", "output"):
+            lost = self._endpoint(kind).lost()  # type: ignore[arg-type]
+            self._stalls[kind] = self._stalls[kind] + 1 if lost else 0  # type: ignore[index]
+        # Two rounds in a row, so a loaded machine's late callback is not an unplug.
+        if any(n >= 2 for n in self._stalls.values()):
+            log.info("audio device lost; falling back to the default")
+            self._stalls = {"input": 0, "output": 0}
+            rescan_everywhere()
+            return
+        # Rescanning closes the open streams briefly, so look for a missing
+        # chosen device only every return_poll_s.
+        if self._fallen_back and time.monotonic() - self._last_return_check >= self._return_poll_s:
+            self._last_return_check = time.monotonic()
+            rescan_everywhere()
+
+    async def aclose(self) -> None:
+        """Close both devices and stop watching."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+            self._watcher = None
+        _INSTANCES.discard(self)
+        await self.speaker.aclose()
+        if self.mic is not None:
+            await self.mic.aclose()
+
+    async def __aenter__(self) -> AudioDevices:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+_INSTANCES: weakref.WeakSet[AudioDevices] = weakref.WeakSet()
+
+
+def rescan_everywhere() -> None:
+    """Rescan PortAudio for every window of the process (it is process-wide).
+
+    Every open stream of every :class:`AudioDevices` is closed first and
+    reopened after, so no stream survives a re-initialisation.
+    """
+    live = [d for d in list(_INSTANCES) if d.mic is not None and d._watcher is not None]
+    for d in live:
+        assert d.mic is not None
+        d.mic.close_stream()
+        d.speaker.close_stream()
+    rescan()
+    for d in live:
+        d._reopen_after_rescan()
+
+
+def device_label(name: str | None) -> str:
+    """How a device is named in the UI (``None``: no device)."""
+    return name if name is not None else "no device"

@@ -1,0 +1,143 @@
+"""Start Qt on a qasync loop, show windows, and shut everything down when they close."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import qasync
+from PySide6.QtCore import QSocketNotifier
+from PySide6.QtWidgets import QApplication
+
+from softphone.config import Theme
+from softphone.ui.async_slot import cancel_pending
+from softphone.ui.theme import apply_theme
+from softphone.ui.views.role_window import RoleWindow
+
+log = logging.getLogger(__name__)
+
+
+class QtLoop(qasync.QEventLoop):  # type: ignore[misc]
+    """qasync's event loop, woken from other threads through a self-pipe.
+
+    qasync wakes the loop from another thread by emitting a Qt signal there.
+    With PySide6 6.12 every such emit from a non-Qt thread drops one reference
+    to ``True`` until the interpreter aborts ("bool_dealloc"), and the LiveKit
+    SDK calls ``call_soon_threadsafe`` for every media event. Here the other
+    thread only appends to a deque and writes a byte to a pipe; a
+    ``QSocketNotifier`` on the main thread drains both. No Qt call happens off
+    the main thread.
+    """
+
+    def __init__(self, app: QApplication) -> None:
+        super().__init__(app)
+        self._pending: collections.deque[tuple[Any, tuple[Any, ...], Any]] = collections.deque()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._notifier = QSocketNotifier(self._rfd, QSocketNotifier.Type.Read)
+        self._notifier.activated.connect(self._on_wakeup)
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any, context: Any = None) -> None:
+        self._pending.append((callback, args, context))
+        with contextlib.suppress(BlockingIOError, OSError):  # full pipe: a wake-up is pending
+            os.write(self._wfd, b"\0")
+
+    def _on_wakeup(self, *_: Any) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._rfd, 4096):
+                pass
+        while self._pending:
+            callback, args, context = self._pending.popleft()
+            if context is None:
+                self.call_soon(callback, *args)
+            else:
+                self.call_soon(callback, *args, context=context)
+
+    def close(self) -> None:
+        self._notifier.setEnabled(False)
+        super().close()
+        for fd in (self._rfd, self._wfd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+WindowFactory = Callable[[contextlib.AsyncExitStack], Awaitable[Sequence[RoleWindow]]]
+
+
+def application(theme: Theme = "light") -> QApplication:
+    """The process's QApplication, created (and themed) on first use."""
+    app = QApplication.instance()
+    if not isinstance(app, QApplication):
+        app = QApplication(sys.argv[:1])
+        app.setApplicationName("softphone")
+        app.setQuitOnLastWindowClosed(False)  # we quit after closing services
+    apply_theme(app, theme)
+    return app
+
+
+async def close_window_resources(window: RoleWindow) -> None:
+    """Await ``aclose()`` of everything the window owns."""
+    for obj in reversed(window.closables):
+        closer: Any = getattr(obj, "aclose", None)
+        if closer is not None:
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing a window resource failed")
+
+
+async def run_until_closed(
+    factory: WindowFactory, *, on_shown: Callable[[float], None] | None = None
+) -> None:
+    """Build windows with ``factory``, show them, and return once all are closed.
+
+    Everything entered on the exit stack (servers, stores, services) is closed
+    after the windows' own resources, so nothing outlives the app.
+
+    Args:
+        factory: Builds the windows; may enter resources on the stack.
+        on_shown: Called with ``time.monotonic()`` once the windows are shown.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        windows = list(await factory(stack))
+        all_closed = asyncio.Event()
+        open_windows = set(windows)
+
+        def closed(w: RoleWindow) -> None:
+            open_windows.discard(w)
+            if not open_windows:
+                all_closed.set()
+
+        for w in windows:
+            w.closed.connect(lambda w=w: closed(w))
+            w.show()
+        if on_shown is not None:
+            on_shown(time.monotonic())
+        try:
+            await all_closed.wait()
+        finally:
+            for w in windows:
+                await close_window_resources(w)
+            await cancel_pending()
+
+
+def run_qt(main: Callable[[], Awaitable[None]], *, theme: Theme = "light") -> None:
+    """Run ``main()`` to completion on a qasync loop driving the Qt application."""
+    app = application(theme)
+    loop = QtLoop(app)
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        asyncio.set_event_loop(None)

@@ -1,0 +1,1 @@
+"""Windows and panels per role; they may know the app (context, controllers)."""

@@ -1,0 +1,300 @@
+"""Agent-side call logic without Qt: lobby and presence, transfers, offers, live transcript.
+
+Wraps the transfer engine's client helpers (``AgentLobby``, ``AgentCall``)
+and the speech engine's ``LiveTranscriber`` around the window's
+:class:`CallController`, and re-emits what the window shows as typed events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Literal
+
+from livekit import rtc
+
+from softphone.domain.events import EventEmitter
+from softphone.domain.summary import SummaryCard
+from softphone.domain.transcript import TranscriptSegment
+from softphone.domain.transfer import Mode, TransferSnapshot
+from softphone.errors import SoftphoneError, TransferError
+from softphone.media.session import RemoteAudio
+from softphone.services.transfer_participants import (
+    AgentCall,
+    AgentLobby,
+    Moved,
+    Offer,
+    Withdrawn,
+)
+from softphone.services.transfer_service import Presence
+from softphone.ui.views.call_controller import CallController
+
+log = logging.getLogger(__name__)
+
+AgentEvent = Literal[
+    "offer",
+    "offer_withdrawn",
+    "directory",
+    "transfer",
+    "segment",
+    "transcript_error",
+    "presence",
+    "lobby",
+]
+
+
+class AgentController:
+    """Everything an agent window does beyond the call leg itself.
+
+    Args:
+        calls: The window's call controller.
+    """
+
+    def __init__(self, *, calls: CallController) -> None:
+        self.events: EventEmitter[AgentEvent] = EventEmitter()
+        self.calls = calls
+        self.context = calls.context
+        self.lobby: AgentLobby | None = None
+        self.agent_call: AgentCall | None = None
+        self.live: Any | None = None
+        self.segments: list[TranscriptSegment] = []
+        self.last_snapshot: TransferSnapshot | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._offs = [
+            calls.on("leg_opened", self._on_leg_opened),
+            calls.on("leg_closed", self._on_leg_closed),
+        ]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("agent background task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    @property
+    def transfers_available(self) -> bool:
+        """Whether a transfer service is configured."""
+        return self.context.transfer is not None
+
+    # ---- lobby -----------------------------------------------------------------------
+    async def go_online(self, presence: Presence = "available") -> None:
+        """Join the lobby (the agent directory) so offers reach this agent.
+
+        Raises:
+            MediaError: The lobby could not be joined.
+        """
+        if self.context.transfer is None or self.lobby is not None:
+            return
+        await self.calls.start()
+        settings = self.context.settings
+        token = await self.context.token(
+            role="agent", identity=self.calls.identity, room=settings.lobby_room
+        )
+        mic = self.calls.devices.mic
+        lobby = AgentLobby(
+            lobby_token=token,
+            url=self.context.url,
+            service=self.context.transfer,
+            mic=mic.source if mic else None,
+            presence=presence,
+        )
+        lobby.on("offer", lambda o: self.events.emit("offer", o))
+        lobby.on("offer_withdrawn", lambda w: self.events.emit("offer_withdrawn", w))
+        lobby.on("directory_changed", lambda _p: self.events.emit("directory", lobby.directory()))
+        lobby.on("moved", self._on_lobby_moved)
+        await lobby.start()
+        self.lobby = lobby
+        self.events.emit("lobby", True)
+        self.events.emit("directory", lobby.directory())
+        self.events.emit("presence", presence)
+
+    async def set_presence(self, presence: Presence) -> None:
+        """Publish available / busy / away."""
+        if self.lobby is None:
+            await self.go_online(presence)
+            return
+        await self.lobby.set_presence(presence)
+        self.events.emit("presence", presence)
+
+    # ---- offers (agent B) ------------------------------------------------------------
+    async def accept(self, offer: Offer) -> None:
+        """Accept an offer: join the transfer room as this window's call."""
+        if self.lobby is None:
+            raise TransferError("not online: no offer can be accepted")
+        if self.calls.call is not None:
+            await self.calls.leave()
+        session = await self.lobby.accept(offer.transfer_id)
+        await self.calls.adopt("call", session, new_call=True)
+        if offer.summary is not None and self.calls.call_id:
+            with contextlib.suppress(SoftphoneError):
+                await self.context.history.add_summary(self.calls.call_id, offer.summary)
+
+    async def decline(self, offer: Offer, reason: str) -> None:
+        """Decline an offer with a reason A will see."""
+        if self.lobby is None:
+            raise TransferError("not online: no offer can be declined")
+        await self.lobby.decline(offer.transfer_id, reason)
+
+    def _on_lobby_moved(self, moved: Moved) -> None:
+        # Bring-the-agent: we now talk in the caller's room.
+        self._spawn(self.calls.adopt("call", moved.session))
+
+    # ---- transfers (agent A) ---------------------------------------------------------
+    def caller_identity(self) -> str | None:
+        """The caller in the call room (the first participant whose role is caller)."""
+        call = self.calls.call
+        if call is None:
+            return None
+        for p in call.session.room.remote_participants.values():
+            if dict(p.attributes).get("role") == "caller":
+                return p.identity
+        return None
+
+    async def start_transfer(
+        self, to_agent: str, mode: Mode, summary: SummaryCard | None = None
+    ) -> TransferSnapshot:
+        """Start a transfer of this call to ``to_agent``.
+
+        Raises:
+            TransferError: Not in a call, no caller, or no transfer service.
+            ValidationError: Bad target or mode.
+        """
+        if self.agent_call is None:
+            raise TransferError("transfers need a call and a transfer service")
+        caller = self.caller_identity()
+        if caller is None:
+            raise TransferError("there is no caller in this call to transfer")
+        ticket = await self.agent_call.transfer(
+            caller=caller,
+            to_agent=to_agent,
+            mode=mode,
+            transcript=tuple(s for s in self.segments if s.final),
+            summary=summary,
+        )
+        return ticket.transfer
+
+    async def complete(self) -> None:
+        """Hand the caller over to B."""
+        snap = self._require_snapshot()
+        await self._service().complete(snap.transfer_id, agent=self.calls.identity)
+
+    async def cancel(self) -> None:
+        """Take the call back."""
+        snap = self._require_snapshot()
+        await self._service().cancel(snap.transfer_id, agent=self.calls.identity)
+
+    def _service(self) -> Any:
+        if self.context.transfer is None:
+            raise TransferError("no transfer service is configured")
+        return self.context.transfer
+
+    def _require_snapshot(self) -> TransferSnapshot:
+        if self.last_snapshot is None:
+            raise TransferError("no transfer is under way")
+        return self.last_snapshot
+
+    def _on_transfer_changed(self, snap: TransferSnapshot) -> None:
+        self.last_snapshot = snap
+        self.events.emit("transfer", snap)
+        if snap.phase == "completed" and snap.from_agent == self.calls.identity:
+            self._spawn(self.calls.leave())
+            if self.lobby is not None:
+                self._spawn(self.lobby.set_presence("available"))
+
+    # ---- legs ------------------------------------------------------------------------
+    def _on_leg_opened(self, leg: str) -> None:
+        call = self.calls.call
+        if leg != "call" or call is None:
+            return
+        if self.context.transfer is not None:
+            mic = self.calls.devices.mic
+            agent_call = AgentCall(
+                session=call.session,
+                mic=mic.source if mic else None,
+                service=self.context.transfer,
+            )
+            agent_call.on("transfer_changed", self._on_transfer_changed)
+            agent_call.on("consult_joined", lambda s: self._spawn(self.calls.adopt("consult", s)))
+            agent_call.on("consult_left", lambda _p: self._spawn(self.calls.drop("consult")))
+            self.agent_call = agent_call
+        if self.context.settings.live_transcript and self.live is None:
+            self._spawn(self._start_transcript())
+
+    def _on_leg_closed(self, leg: str) -> None:
+        if leg != "call":
+            return
+        agent_call, self.agent_call = self.agent_call, None
+        if agent_call is not None:
+            self._spawn(agent_call.aclose())
+        if self.lobby is not None and self.lobby.call_session is not None:
+            self._spawn(self.lobby.leave_call())
+        live, self.live = self.live, None
+        if live is not None:
+            self._spawn(live.aclose())
+
+    async def _start_transcript(self) -> None:
+        from softphone.speech.live_transcriber import LiveTranscriber
+
+        call = self.calls.call
+        if call is None:
+            return
+        live = LiveTranscriber.from_settings(
+            self.context.settings,
+            history=self.context.history,
+            call_id=self.calls.call_id,
+        )
+        live.on("segment", self._on_segment)
+        live.on("error", lambda e: self.events.emit("transcript_error", e))
+        try:
+            await live.start()
+        except SoftphoneError as exc:
+            self.events.emit("transcript_error", exc)
+            await live.aclose()
+            return
+        if self.calls.call is not call:  # the call ended while the model loaded
+            await live.aclose()
+            return
+        self.live = live
+
+        def on_audio(audio: RemoteAudio) -> None:
+            live.add_remote(audio)
+
+        for p in call.session.room.remote_participants.values():
+            for pub in p.track_publications.values():
+                if isinstance(pub.track, rtc.RemoteAudioTrack):
+                    on_audio(RemoteAudio(p.identity, pub.track, pub.sid))
+        self._offs.append(call.session.on("remote_audio", on_audio))
+        mic = self.calls.devices.mic
+        if mic is not None:
+            identity = self.calls.identity
+            self._offs.append(
+                mic.add_tap(lambda pcm: live.feed(identity, pcm) if not self.calls.muted else None)
+            )
+
+    def _on_segment(self, seg: TranscriptSegment) -> None:
+        if seg.final:
+            self.segments.append(seg)
+        self.events.emit("segment", seg)
+
+    async def aclose(self) -> None:
+        """Leave the lobby, stop the transcript and background work."""
+        for off in self._offs:
+            off()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.live is not None:
+            await self.live.aclose()
+        if self.agent_call is not None:
+            await self.agent_call.aclose()
+        if self.lobby is not None:
+            await self.lobby.aclose()
+
+
+__all__ = ["AgentController", "Offer", "Withdrawn"]

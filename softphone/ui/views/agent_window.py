@@ -1,0 +1,244 @@
+"""The agent's window: call, presence, transcript, summary, transfer, offers, history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from softphone.domain.transfer import TransferSnapshot
+from softphone.errors import SoftphoneError, ValidationError
+from softphone.services.transfer_participants import Offer, Withdrawn
+from softphone.services.transfer_service import PRESENCES
+from softphone.ui.async_slot import run_task
+from softphone.ui.context import AppContext
+from softphone.ui.views.agent_controller import AgentController
+from softphone.ui.views.call_controller import CallController
+from softphone.ui.views.call_panel import CallPanel
+from softphone.ui.views.history_view import HistoryView
+from softphone.ui.views.offer_panel import OfferPanel
+from softphone.ui.views.role_window import RoleWindow
+from softphone.ui.views.settings_dialog import SettingsDialog
+from softphone.ui.views.transfer_panel import TransferPanel
+from softphone.ui.widgets.summary_card import SummaryCardEditor
+from softphone.ui.widgets.transcript_view import TranscriptView
+
+AGENT_EVENTS = (
+    "offer",
+    "offer_withdrawn",
+    "directory",
+    "transfer",
+    "segment",
+    "transcript_error",
+    "presence",
+    "lobby",
+)
+
+
+class AgentWindow(RoleWindow):
+    """Everything an agent does during a call.
+
+    Args:
+        context: The app's shared services.
+        title: Window title prefix (e.g. "Agent A" in the demo).
+    """
+
+    def __init__(self, *, context: AppContext, title: str = "Agent") -> None:
+        super().__init__(context=context, title=title)
+        self.controller = CallController(context=context, role="agent")
+        self.agent = AgentController(calls=self.controller)
+        self.closables += [self.controller, self.agent]
+        self._summary_prepared = False
+        self._setup_ui()
+        self.bridge.attach("agent", self.agent.events, AGENT_EVENTS)
+        self.bridge.event.connect(self._on_event)
+
+    def _setup_ui(self) -> None:
+        split = QSplitter(Qt.Orientation.Horizontal)
+        left = QWidget()
+        left_lay = QVBoxLayout(left)
+        left_lay.setContentsMargins(0, 0, 0, 0)
+        top = QHBoxLayout()
+        self.presence = QComboBox()
+        self.presence.addItems(list(PRESENCES))
+        self.presence.setAccessibleName("Presence")
+        self.presence.activated.connect(self._on_presence_chosen)
+        lbl = QLabel("Pr&esence")
+        lbl.setBuddy(self.presence)
+        top.addWidget(lbl)
+        top.addWidget(self.presence, 1)
+        self.settings_btn = QPushButton("Se&ttings…")
+        self.settings_btn.setAccessibleName("Open settings")
+        self.settings_btn.clicked.connect(self._on_settings_clicked)
+        top.addWidget(self.settings_btn)
+        left_lay.addLayout(top)
+        self.call_panel = CallPanel(
+            controller=self.controller,
+            bridge=self.bridge,
+            log=self.event_log,
+            report=self.show_error,
+        )
+        left_lay.addWidget(self.call_panel, 1)
+        split.addWidget(left)
+
+        self.tabs = QTabWidget()
+        self.transcript = TranscriptView()
+        self.tabs.addTab(self.transcript, "Live &transcript")
+        summary_box = QWidget()
+        sl = QVBoxLayout(summary_box)
+        self.summary_editor = SummaryCardEditor()
+        self.draft_btn = QPushButton("&Draft summary from transcript")
+        self.draft_btn.setAccessibleName("Draft summary from transcript")
+        self.draft_btn.clicked.connect(self._on_draft_clicked)
+        sl.addWidget(self.draft_btn)
+        sl.addWidget(self.summary_editor, 1)
+        self.tabs.addTab(summary_box, "S&ummary")
+        self.transfer_panel = TransferPanel(own_identity=lambda: self.controller.identity)
+        self.transfer_panel.start_requested.connect(self._on_transfer_start)
+        self.transfer_panel.complete_requested.connect(self._on_transfer_complete)
+        self.transfer_panel.cancel_requested.connect(self._on_transfer_cancel)
+        self.tabs.addTab(self.transfer_panel, "Trans&fer")
+        self.offer_panel = OfferPanel()
+        self.offer_panel.accept_requested.connect(self._on_offer_accept)
+        self.offer_panel.decline_requested.connect(self._on_offer_decline)
+        self.tabs.addTab(self.offer_panel, "&Incoming")
+        self.history = HistoryView(history=self.context.history, report=self.show_error)
+        self.tabs.addTab(self.history, "&History")
+        split.addWidget(self.tabs)
+        split.setSizes([380, 560])
+        self.body.addWidget(split, 1)
+        self.call_panel.joined.connect(lambda _r: self.transfer_panel.set_in_call(True))
+        self.call_panel.left.connect(lambda: self.transfer_panel.set_in_call(False))
+        if not self.agent.transfers_available:
+            self.transfer_panel.setEnabled(False)
+            self.transfer_panel.phase.setText(
+                "Transfers need a transfer service (embedded or --backend)."
+            )
+        self.resize(980, 720)
+
+    def go_online(self) -> None:
+        """Join the agent directory (lobby) so offers can reach this agent."""
+        run_task(self.agent.go_online(), report=self.show_error, what="go online")
+
+    # ---- slots ---------------------------------------------------------------------
+    def _on_presence_chosen(self, _index: int) -> None:
+        run_task(
+            self.agent.set_presence(self.presence.currentText()),  # type: ignore[arg-type]
+            report=self.show_error,
+            what="presence",
+        )
+
+    def _on_settings_clicked(self) -> None:
+        dialog = SettingsDialog(self.context.settings, self)
+        if dialog.exec() and dialog.saved is not None:
+            self.context.settings = dialog.saved
+            self.show_info("Settings saved. Some changes apply at the next start.")
+
+    def _on_draft_clicked(self) -> None:
+        run_task(self._draft_summary(), report=self.show_error, what="summary")
+
+    async def _draft_summary(self) -> None:
+        from softphone.speech.factory import make_offline_summarizer, make_summarizer
+        from softphone.speech.summarizer import summarize_with_fallback
+
+        self.draft_btn.setEnabled(False)
+        self.draft_btn.setText("Summarizing…")
+        try:
+            card = await summarize_with_fallback(
+                make_summarizer(self.context.settings),
+                make_offline_summarizer(self.context.settings),
+                [s for s in self.agent.segments if s.final],
+            )
+        finally:
+            self.draft_btn.setEnabled(True)
+            self.draft_btn.setText("&Draft summary from transcript")
+        self.summary_editor.set_card(card)
+        self._summary_prepared = True
+        self.transfer_panel.summary_hint(card)
+
+    def _on_transfer_start(self, target: str, mode: str) -> None:
+        summary = None
+        if self._summary_prepared and mode != "cold":
+            try:
+                summary = self.summary_editor.card()
+            except ValidationError as exc:
+                self.show_error(exc.message)
+                return
+        self.transfer_panel.start_btn.setEnabled(False)
+        self.event_log.add("transfer", f"starting a {mode} transfer to {target}")
+        task = run_task(
+            self.agent.start_transfer(target, mode, summary),  # type: ignore[arg-type]
+            report=self.show_error,
+            what="start transfer",
+        )
+        task.add_done_callback(lambda _t: self.transfer_panel._update_buttons())
+
+    def _on_transfer_complete(self) -> None:
+        run_task(self.agent.complete(), report=self.show_error, what="complete transfer")
+
+    def _on_transfer_cancel(self) -> None:
+        run_task(self.agent.cancel(), report=self.show_error, what="cancel transfer")
+
+    def _on_offer_accept(self, offer: Offer) -> None:
+        self.offer_panel.accept_btn.setEnabled(False)
+        self.event_log.add("transfer", f"accepting the call from {offer.from_agent}")
+        task = run_task(self.agent.accept(offer), report=self.show_error, what="accept")
+        task.add_done_callback(
+            lambda t: (
+                self.offer_panel.set_offer(
+                    None, "Accepted: you are in the call." if not t.exception() else ""
+                )
+                if not t.cancelled()
+                else None
+            )
+        )
+
+    def _on_offer_decline(self, offer: Offer, reason: str) -> None:
+        self.event_log.add("transfer", f"declining the call from {offer.from_agent}")
+        self.offer_panel.set_offer(None, "Declined.")
+        run_task(self.agent.decline(offer, reason), report=self.show_error, what="decline")
+
+    def _on_event(self, source: str, name: str, payload: Any) -> None:
+        if source != "agent":
+            return
+        if name == "offer" and isinstance(payload, Offer):
+            self.offer_panel.set_offer(payload)
+            self.tabs.setCurrentWidget(self.offer_panel)
+            self.event_log.add("transfer", f"offer from {payload.from_agent}")
+            self.show_info(f"Incoming transfer from {payload.from_agent}")
+        elif name == "offer_withdrawn" and isinstance(payload, Withdrawn):
+            if self.offer_panel.offer and self.offer_panel.offer.transfer_id == payload.transfer_id:
+                self.offer_panel.set_offer(None, f"The offer was withdrawn ({payload.reason}).")
+            self.event_log.add("transfer", f"offer withdrawn ({payload.reason})")
+        elif name == "directory":
+            self.transfer_panel.set_directory(list(payload))
+        elif name == "transfer" and isinstance(payload, TransferSnapshot):
+            self.transfer_panel.show_snapshot(payload)
+            self.event_log.add(
+                "transfer",
+                f"{payload.phase}" + (f" ({payload.reason.describe()})" if payload.reason else ""),
+            )
+            if payload.phase == "completed":
+                self.call_panel.expect_end()
+            if payload.phase in ("offering", "consulting"):
+                self.tabs.setCurrentWidget(self.transfer_panel)
+        elif name == "segment":
+            self.transcript.add_segment(payload)
+        elif name == "transcript_error":
+            message = payload.message if isinstance(payload, SoftphoneError) else str(payload)
+            self.event_log.add("transcript", f"live transcript problem: {message}")
+        elif name == "presence":
+            self.presence.setCurrentText(str(payload))
+            self.event_log.add("presence", str(payload))
+        elif name == "lobby":
+            self.event_log.add("lobby", "online in the agent directory")

@@ -1,0 +1,89 @@
+"""The caller's window: join, mute, devices, meters, hold banner; follows transfers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import QLabel
+
+from softphone.services.transfer_participants import CallerMover, Moved
+from softphone.ui.async_slot import run_task
+from softphone.ui.context import AppContext
+from softphone.ui.views.call_controller import CallController
+from softphone.ui.views.call_panel import CallPanel
+from softphone.ui.views.role_window import RoleWindow
+
+
+class CallerWindow(RoleWindow):
+    """A simple phone for the caller.
+
+    Args:
+        context: The app's shared services.
+    """
+
+    def __init__(self, *, context: AppContext) -> None:
+        super().__init__(context=context, title="Caller")
+        self.controller = CallController(context=context, role="caller")
+        self.closables.append(self.controller)
+        self.mover: CallerMover | None = None
+        self._setup_ui()
+
+    def _setup_ui(self) -> None:
+        self.hold_banner = QLabel("You are on hold. Please stay on the line…")
+        self.hold_banner.setObjectName("holdBanner")
+        self.hold_banner.setAccessibleName("On hold")
+        self.hold_banner.hide()
+        self.body.addWidget(self.hold_banner)
+        self.call_panel = CallPanel(
+            controller=self.controller,
+            bridge=self.bridge,
+            log=self.event_log,
+            report=self.show_error,
+            room_editable=True,
+        )
+        self.body.addWidget(self.call_panel)
+        self.body.addStretch(1)
+        self.bridge.event.connect(self._on_event)
+        self.resize(460, 620)
+
+    @property
+    def on_hold(self) -> bool:
+        """Whether the hold banner is shown."""
+        return not self.hold_banner.isHidden()
+
+    def set_on_hold(self, on_hold: bool) -> None:
+        """Show or hide the hold banner."""
+        if on_hold != self.on_hold:
+            self.hold_banner.setVisible(on_hold)
+            self.event_log.add("call", "on hold" if on_hold else "off hold")
+
+    def _update_hold(self) -> None:
+        # The transfer service plays hold audio as a participant named hold-<id>.
+        call = self.controller.call
+        held = call is not None and any(
+            i.startswith("hold-") for i in call.session.remote_identities()
+        )
+        self.set_on_hold(held)
+
+    def _on_event(self, source: str, name: str, payload: Any) -> None:
+        if source == "controller" and name == "leg_opened" and payload == "call":
+            call = self.controller.call
+            assert call is not None
+            if self.mover is None or self.mover.session is not call.session:
+                mic = self.controller.devices.mic
+                self.mover = CallerMover(session=call.session, mic=mic.source if mic else None)
+                self.mover.on("moved", self._on_moved)
+            self._update_hold()
+        elif source == "controller" and name == "leg_closed" and payload == "call":
+            self.set_on_hold(False)
+        elif source == "call" and name in ("participant_joined", "participant_left"):
+            self._update_hold()
+        elif source == "mover" and name == "moved" and isinstance(payload, Moved):
+            self.event_log.add("call", f"moved to {payload.room} (transfer)")
+            self.show_info("You are now talking with the next agent.")
+
+    def _on_moved(self, moved: Moved) -> None:
+        # Make-before-break already happened in the mover: the new session is
+        # connected and publishing; play it and forget the old leg.
+        self.bridge.event.emit("mover", "moved", moved)
+        run_task(self.controller.adopt("call", moved.session), report=self.show_error)

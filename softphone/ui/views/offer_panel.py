@@ -1,0 +1,94 @@
+"""Agent B's incoming offer: who, the summary card, the transcript; accept or decline."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from softphone.services.transfer_participants import Offer
+from softphone.ui.widgets.summary_card import SummaryCardView
+
+MODE_TEXT = {
+    "warm": "warm transfer",
+    "warm_intro": "warm transfer with introduction",
+    "direct": "direct transfer",
+    "cold": "cold transfer",
+}
+
+
+class OfferPanel(QWidget):
+    """Shows one offer; the owner acts on the signals.
+
+    Signals:
+        accept_requested(object): the :class:`Offer`.
+        decline_requested(object, str): the offer and the reason typed.
+    """
+
+    accept_requested = Signal(object)
+    decline_requested = Signal(object, str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.offer: Offer | None = None
+        self._setup_ui()
+
+    def _setup_ui(self) -> None:
+        lay = QVBoxLayout(self)
+        self.headline = QLabel("No incoming transfer.")
+        self.headline.setObjectName("phase")
+        self.headline.setWordWrap(True)
+        self.headline.setAccessibleName("Incoming transfer")
+        lay.addWidget(self.headline)
+        self.summary = SummaryCardView()
+        lay.addWidget(self.summary, 1)
+        row = QHBoxLayout()
+        self.accept_btn = QPushButton("&Accept")
+        self.accept_btn.setObjectName("primary")
+        self.accept_btn.setAccessibleName("Accept transfer")
+        self.accept_btn.clicked.connect(self._on_accept_clicked)
+        self.reason = QLineEdit()
+        self.reason.setPlaceholderText("reason for declining (shown to the other agent)")
+        self.reason.setAccessibleName("Decline reason")
+        self.decline_btn = QPushButton("&Decline")
+        self.decline_btn.setObjectName("danger")
+        self.decline_btn.setAccessibleName("Decline transfer")
+        self.decline_btn.clicked.connect(self._on_decline_clicked)
+        row.addWidget(self.accept_btn)
+        row.addWidget(self.reason, 1)
+        row.addWidget(self.decline_btn)
+        lay.addLayout(row)
+        self.set_offer(None)
+
+    def set_offer(self, offer: Offer | None, note: str = "") -> None:
+        """Show ``offer`` (``None``: no offer, with an optional note why)."""
+        self.offer = offer
+        self.accept_btn.setEnabled(offer is not None)
+        self.decline_btn.setEnabled(offer is not None)
+        self.reason.setEnabled(offer is not None)
+        if offer is None:
+            self.headline.setText(note or "No incoming transfer.")
+            self.summary.set_card(None)
+            return
+        self.reason.clear()
+        self.headline.setText(
+            f"{offer.from_agent} offers you a {MODE_TEXT.get(offer.mode, offer.mode)} "
+            f"of caller {offer.caller}."
+        )
+        self.summary.set_card(offer.summary)
+        if offer.summary is None:
+            self.summary.setPlainText("No summary (cold transfer).")
+
+    def _on_accept_clicked(self) -> None:
+        if self.offer is not None:
+            self.accept_requested.emit(self.offer)
+
+    def _on_decline_clicked(self) -> None:
+        if self.offer is not None:
+            self.decline_requested.emit(self.offer, self.reason.text().strip())

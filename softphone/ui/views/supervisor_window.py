@@ -1,0 +1,233 @@
+"""The supervisor's window: live rooms, listen in silently, whisper to the agent, barge in."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from livekit import rtc
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
+
+from softphone.errors import ConfigError, MediaError
+from softphone.ui.async_slot import run_task
+from softphone.ui.context import AppContext
+from softphone.ui.views.call_controller import CallController
+from softphone.ui.views.role_window import RoleWindow
+from softphone.ui.widgets.level_meter import LevelMeter
+from softphone.ui.widgets.transcript_view import TranscriptView
+
+Mode = Literal["listen", "whisper", "barge"]
+
+
+def agents_in(session: Any) -> list[str]:
+    """Identities of the agents in a session's room (by their role attribute)."""
+    return [
+        p.identity
+        for p in session.room.remote_participants.values()
+        if dict(p.attributes).get("role") == "agent"
+    ]
+
+
+class SupervisorController:
+    """Monitoring without Qt: one ``monitor`` leg, switched between listen, whisper, barge.
+
+    Args:
+        calls: The window's call controller (role supervisor).
+    """
+
+    def __init__(self, *, calls: CallController) -> None:
+        self.calls = calls
+        self.context = calls.context
+        self.mode: Mode | None = None
+        self.room: str | None = None
+
+    async def rooms(self) -> list[tuple[str, list[str], float]]:
+        """Active rooms with their visible participants and age in seconds."""
+        admin = self.context.admin
+        if admin is None:
+            if self.context.transfer is None:
+                raise ConfigError("listing rooms needs the embedded server API or a backend")
+            entries = await self.context.transfer.list_rooms()
+            return [(e.name, [f"{e.num_participants} participants"], 0.0) for e in entries]
+        out = []
+        for r in await admin.list_rooms():
+            if r.name == self.context.settings.lobby_room:
+                continue
+            people = [p.identity for p in await admin.list_participants(r.name) if not p.hidden]
+            out.append((r.name, people, max(0.0, time.time() - r.created_at)))
+        return sorted(out)
+
+    async def monitor(self, room: str, mode: Mode) -> None:
+        """Join ``room`` as listener (hidden, publishes nothing), whisperer or barger.
+
+        A whisper reaches the agents only: the supervisor's track may be
+        subscribed by the agents' identities and nobody else, set before
+        publishing so the caller never gets it.
+
+        Raises:
+            MediaError: The room could not be joined or the mic not published.
+        """
+        leg = await self.calls.join(room, leg="monitor", publish=False, supervisor_mode=mode)
+        if mode == "whisper":
+            agents = agents_in(leg.session)
+            if not agents:
+                await self.calls.leave("monitor")
+                raise MediaError("there is no agent in this room to whisper to")
+            leg.session.room.local_participant.set_track_subscription_permissions(
+                allow_all_participants=False,
+                participant_permissions=[
+                    rtc.ParticipantTrackPermission(participant_identity=a, allow_all=True)
+                    for a in agents
+                ],
+            )
+        if mode in ("whisper", "barge"):
+            await leg.publish_mic()
+        self.mode, self.room = mode, room
+
+    async def stop(self) -> None:
+        """Leave the monitored room."""
+        await self.calls.leave("monitor")
+        self.mode = self.room = None
+
+
+class SupervisorWindow(RoleWindow):
+    """Live rooms and monitoring controls.
+
+    Args:
+        context: The app's shared services.
+        refresh_s: How often the room list refreshes.
+    """
+
+    def __init__(self, *, context: AppContext, refresh_s: float = 2.0) -> None:
+        super().__init__(context=context, title="Supervisor")
+        self.controller = CallController(context=context, role="supervisor")
+        self.supervisor = SupervisorController(calls=self.controller)
+        self.closables.append(self.controller)
+        self._setup_ui()
+        self._timer = QTimer(self)
+        self._timer.setInterval(int(refresh_s * 1000))
+        self._timer.timeout.connect(self.refresh)
+        self._timer.start()
+        self._meter = QTimer(self)
+        self._meter.setInterval(50)
+        self._meter.timeout.connect(self._on_meter_tick)
+        self._meter.start()
+        self._refreshing = False
+
+    def _setup_ui(self) -> None:
+        self.status = QLabel("Not monitoring")
+        self.status.setObjectName("connectionStatus")
+        self.status.setAccessibleName("Monitoring status")
+        self.body.addWidget(self.status)
+        self.rooms = QTableWidget(0, 3)
+        self.rooms.setHorizontalHeaderLabels(["Room", "Participants", "Duration"])
+        self.rooms.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.rooms.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.rooms.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.rooms.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.rooms.setAccessibleName("Active rooms")
+        self.body.addWidget(self.rooms, 1)
+        row = QHBoxLayout()
+        self.buttons: dict[str, QPushButton] = {}
+        for key, text, name in (
+            ("listen", "&Listen", "Listen in silently"),
+            ("whisper", "&Whisper", "Whisper to the agent"),
+            ("barge", "&Barge in", "Barge in"),
+            ("leave", "L&eave", "Stop monitoring"),
+        ):
+            b = QPushButton(text)
+            b.setAccessibleName(name)
+            b.clicked.connect(lambda _c=False, key=key: self._on_action(key))
+            row.addWidget(b)
+            self.buttons[key] = b
+        self.buttons["leave"].setObjectName("danger")
+        self.buttons["leave"].setEnabled(False)
+        row.addWidget(QLabel("Heard"))
+        self.level = LevelMeter("Monitored audio level")
+        row.addWidget(self.level, 1)
+        self.body.addLayout(row)
+        self.body.addWidget(QLabel("Live transcript of the monitored room"))
+        self.transcript = TranscriptView()
+        self.transcript.text.setPlaceholderText(
+            "Where available: enable live transcript in settings."
+        )
+        col = QVBoxLayout()
+        col.addWidget(self.transcript)
+        self.body.addLayout(col, 1)
+        self.resize(760, 640)
+
+    def selected_room(self) -> str | None:
+        """The room selected in the table."""
+        row = self.rooms.currentRow()
+        item = self.rooms.item(row, 0) if row >= 0 else None
+        return item.text() if item else None
+
+    def refresh(self) -> None:
+        """Reload the room list."""
+        if not self._refreshing:
+            self._refreshing = True
+            run_task(self._load(), report=self.show_error, what="rooms")
+
+    async def _load(self) -> None:
+        try:
+            rooms = await self.supervisor.rooms()
+        finally:
+            self._refreshing = False
+        keep = self.selected_room()
+        self.rooms.setRowCount(len(rooms))
+        for i, (name, people, age) in enumerate(rooms):
+            m, s = divmod(int(age), 60)
+            for col, text in enumerate((name, ", ".join(people), f"{m:02d}:{s:02d}")):
+                self.rooms.setItem(i, col, QTableWidgetItem(text))
+            if name == keep:
+                self.rooms.selectRow(i)
+
+    def _on_action(self, key: str) -> None:
+        if key == "leave":
+            run_task(self._stop(), report=self.show_error, what="leave")
+            return
+        room = self.selected_room() or self.supervisor.room
+        if room is None:
+            self.show_error("Select a room first.")
+            return
+        run_task(self._monitor(room, key), report=self.show_error, what=key)  # type: ignore[arg-type]
+
+    async def _monitor(self, room: str, mode: Mode) -> None:
+        self.status.setText(f"Joining {room}…")
+        try:
+            await self.supervisor.monitor(room, mode)
+        except Exception:
+            self.status.setText("Not monitoring")
+            raise
+        verb = {
+            "listen": "Listening silently to",
+            "whisper": "Whispering to the agent in",
+            "barge": "Barged into",
+        }[mode]
+        self.status.setText(f"{verb} {room}")
+        self.event_log.add("monitor", f"{mode} {room}")
+        self.buttons["leave"].setEnabled(True)
+
+    async def _stop(self) -> None:
+        await self.supervisor.stop()
+        self.status.setText("Not monitoring")
+        self.event_log.add("monitor", "stopped")
+        self.buttons["leave"].setEnabled(False)
+
+    def _on_meter_tick(self) -> None:
+        self.level.set_level(self.controller.devices.speaker.levels.level)
+
+    def closeEvent(self, event: Any) -> None:
+        self._timer.stop()
+        self._meter.stop()
+        super().closeEvent(event)

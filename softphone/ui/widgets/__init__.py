@@ -1,0 +1,1 @@
+"""Dumb reusable widgets: they know nothing of calls, services or the app."""
