@@ -65,6 +65,8 @@ class AgentController:
             calls.on("leg_opened", self._on_leg_opened),
             calls.on("leg_closed", self._on_leg_closed),
         ]
+        if self.context.transfer is not None:
+            self._offs.append(self.context.transfer.on("transfer_changed", self._on_service_event))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -182,12 +184,16 @@ class AgentController:
     async def complete(self) -> None:
         """Hand the caller over to B."""
         snap = self._require_snapshot()
-        await self._service().complete(snap.transfer_id, agent=self.calls.identity)
+        self._on_transfer_changed(
+            await self._service().complete(snap.transfer_id, agent=self.calls.identity)
+        )
 
     async def cancel(self) -> None:
         """Take the call back."""
         snap = self._require_snapshot()
-        await self._service().cancel(snap.transfer_id, agent=self.calls.identity)
+        self._on_transfer_changed(
+            await self._service().cancel(snap.transfer_id, agent=self.calls.identity)
+        )
 
     def _service(self) -> Any:
         if self.context.transfer is None:
@@ -199,13 +205,37 @@ class AgentController:
             raise TransferError("no transfer is under way")
         return self.last_snapshot
 
+    def _on_service_event(self, snap: TransferSnapshot) -> None:
+        # The service's own events reach us even after we left R1 (where the
+        # status data messages arrive); only our transfer matters.
+        if snap.from_agent == self.calls.identity and (
+            self.last_snapshot is None or snap.transfer_id == self.last_snapshot.transfer_id
+        ):
+            self._on_transfer_changed(snap)
+
     def _on_transfer_changed(self, snap: TransferSnapshot) -> None:
+        last = self.last_snapshot
+        if (
+            last is not None
+            and last.transfer_id == snap.transfer_id
+            and last.version >= snap.version
+        ):
+            return
         self.last_snapshot = snap
         self.events.emit("transfer", snap)
-        if snap.phase == "completed" and snap.from_agent == self.calls.identity:
+        if snap.from_agent != self.calls.identity:
+            return
+        if snap.phase == "completed":
+            # Handed over: A leaves both legs and is free for the next call.
+            self._spawn(self.calls.leave("consult"))
             self._spawn(self.calls.leave())
             if self.lobby is not None:
                 self._spawn(self.lobby.set_presence("available"))
+        elif snap.phase in ("returned", "ended"):
+            self._spawn(self.calls.leave("consult"))
+            call = self.calls.call
+            if call is not None:  # the caller is back: A's mic goes to R1 again
+                call.session.set_muted(self.calls.muted)
 
     # ---- legs ------------------------------------------------------------------------
     def _on_leg_opened(self, leg: str) -> None:
