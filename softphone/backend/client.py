@@ -77,7 +77,7 @@ class RemoteTransferService(TransferService):
     async def start_transfer(self, request: TransferRequest) -> TransferTicket:
         """See :meth:`TransferService.start_transfer`."""
         ticket = TransferTicket.from_dict(
-            await self._call("POST", "/v1/transfers", json=request.validate().to_dict())
+            await self._call("POST", "/v1/transfers", json=request.to_dict())
         )
         self._snapshot(ticket.transfer.to_dict())
         return ticket

@@ -175,6 +175,23 @@ class TransferOrchestrator(TransferService):
             raise NotFoundError("transfer not found", details={"transfer_id": transfer_id})
         return run
 
+    async def _close_room(self, room: str) -> None:
+        """Remove everyone, then delete the room.
+
+        Removing first matters: a client cut off by a bare room deletion may
+        reconnect with its still-valid token and so create the room again.
+        """
+        try:
+            people = await self._rooms.list_participants(room)
+        except LiveKitError:
+            people = []
+        await asyncio.gather(
+            *(self._rooms.remove_participant(room, p.identity) for p in people),
+            return_exceptions=True,
+        )
+        with contextlib.suppress(LiveKitError):
+            await self._rooms.delete_room(room)
+
     async def _present(self, room: str) -> set[str]:
         try:
             return {p.identity for p in await self._rooms.list_participants(room)}
@@ -511,7 +528,7 @@ class TransferOrchestrator(TransferService):
         await self._stop_hold(run)
         with contextlib.suppress(NotFoundError, LiveKitError):
             await self._rooms.remove_participant(t.call_room, t.from_agent)
-        await self._rooms.delete_room(t.new_room)
+        await self._close_room(t.new_room)
         await self._step(run, "completed", "bring_agent")
         self._release(run)
 
@@ -520,8 +537,7 @@ class TransferOrchestrator(TransferService):
         with contextlib.suppress(NotFoundError, LiveKitError):
             await self._rooms.remove_participant(t.new_room, t.from_agent)
         await self._stop_hold(run)
-        with contextlib.suppress(LiveKitError):
-            await self._rooms.delete_room(t.call_room)
+        await self._close_room(t.call_room)
         await self._step(run, "completed", t.strategy or "")
         self._release(run)
 
@@ -563,8 +579,7 @@ class TransferOrchestrator(TransferService):
         if was == "offering" and reason.code != "declined":
             await self._withdraw(run, reason.code)
         await self._stop_hold(run)
-        with contextlib.suppress(LiveKitError):
-            await self._rooms.delete_room(t.new_room)
+        await self._close_room(t.new_room)
         self._release(run)
 
     async def _end(self, run: _Run, reason: EndReason) -> None:
@@ -579,9 +594,7 @@ class TransferOrchestrator(TransferService):
         if was == "offering":
             await self._withdraw(run, reason.code)
         await self._stop_hold(run)
-        for room in (t.new_room, t.call_room):
-            with contextlib.suppress(LiveKitError):
-                await self._rooms.delete_room(room)
+        await asyncio.gather(self._close_room(t.new_room), self._close_room(t.call_room))
         self._release(run)
         if self._history is not None and run.call_id:
             with contextlib.suppress(SoftphoneError):

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
+from softphone.errors import MediaError
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
 from softphone.services.local_server import LocalLiveKitServer
@@ -224,17 +226,45 @@ async def open_call(
             await p.tone.aclose()
 
 
-async def hears(session: RtcSession, identity: str, freq: float, seconds: float = 1.0) -> float:
-    """Share of 10 ms windows in the last part of ``seconds`` where ``freq`` is present."""
+async def hears(
+    session: RtcSession, identity: str, freq: float, seconds: float = 0.6, within_s: float = 5.0
+) -> float:
+    """Share of 10 ms windows carrying ``freq`` from ``identity``, over ``seconds`` after onset.
+
+    Waits up to ``within_s`` for the tone to start (a new subscription may
+    begin with silence on a busy machine); 0.0 if it never does.
+    """
     audio = await session.wait_for_audio(identity, timeout_s=10.0)
+    listener = Listener(audio)
+    deadline = time.monotonic() + within_s
+    onset = None
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            if onset is None:
+                onset = listener.capture.first_time_with(freq, after=0.0)
+            if onset is not None and time.monotonic() > onset + seconds + 0.1:
+                break
+    finally:
+        await listener.aclose()
+    if onset is None:
+        return 0.0
+    windows = [w for t, w in listener.capture.windows() if onset + 0.1 <= t <= onset + seconds]
+    if not windows:
+        return 0.0
+    return float(np.mean([tone_level(w, freq) > 0.05 for w in windows]))
+
+
+async def silent(session: RtcSession, identity: str, freq: float, seconds: float = 0.8) -> bool:
+    """True if ``freq`` from ``identity`` is absent (or the track is gone) for ``seconds``."""
+    try:
+        audio = await session.wait_for_audio(identity, timeout_s=1.0)
+    except MediaError:
+        return True
     listener = Listener(audio)
     await asyncio.sleep(seconds)
     await listener.aclose()
-    windows = listener.capture.windows()
-    tail = windows[len(windows) // 3 :]
-    if not tail:
-        return 0.0
-    return float(np.mean([tone_level(w, freq) > 0.05 for _, w in tail]))
+    return all(tone_level(w, freq) < 0.02 for _, w in listener.capture.windows())
 
 
 async def room_exists(rooms: RoomAdmin, name: str) -> bool:

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from softphone.domain.transcript import TranscriptSegment
+from softphone.domain.transfer import Mode
 from softphone.services.room_admin import RoomAdmin
 from tests.transfer.conftest import (
     A_HZ,
@@ -22,6 +23,7 @@ from tests.transfer.conftest import (
     hears,
     open_call,
     room_exists,
+    silent,
 )
 
 pytestmark = pytest.mark.integration
@@ -48,6 +50,7 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         # On hold: the caller hears the hold tone, not A.
         assert await hears(call.caller_session, f"hold-{ticket.transfer_id}", HOLD_HZ) > 0.8
         assert call.a_call.session.muted
+        assert await silent(call.caller_session, call.a.identity, A_HZ)
         b_session = await call.b_lobby.accept(offer.transfer_id)
         snap = await a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
         meta = json.loads(b_session.room.metadata)
@@ -77,3 +80,78 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
 
 async def _gone(rooms: RoomAdmin, name: str) -> bool:
     return not await room_exists(rooms, name)
+
+
+async def _completes_without_consult(env: TransferEnv, rooms: RoomAdmin, mode: Mode) -> None:
+    async with open_call(env, prefix=mode) as call:
+        ticket = await call.a_call.transfer(
+            caller=call.caller.identity, to_agent=call.b.identity, mode=mode, transcript=TRANSCRIPT
+        )
+        assert ticket.consult_token is None
+        offer = await call.next_offer()
+        assert (offer.summary is None) == (mode == "cold")
+        b_session = await call.b_lobby.accept(offer.transfer_id)
+        snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["completed", "returned"])
+        assert snap.phase == "completed"
+        assert "consulting" not in [t.phase for t in snap.timeline]
+        assert (snap.summary is None) == (mode == "cold")
+        assert call.mover is not None
+        assert call.mover.session.room_name == ticket.new_room
+        assert await hears(b_session, call.caller.identity, CALLER_HZ) > 0.8
+        assert await hears(call.mover.session, call.b.identity, B_HZ) > 0.8
+        await eventually(lambda: _gone(rooms, call.room))
+
+
+async def test_direct_mode_b_joins_on_its_own(
+    transfer_env: TransferEnv, room_admin: RoomAdmin
+) -> None:
+    await _completes_without_consult(transfer_env, room_admin, "direct")
+
+
+async def test_cold_mode_has_no_summary(transfer_env: TransferEnv, room_admin: RoomAdmin) -> None:
+    await _completes_without_consult(transfer_env, room_admin, "cold")
+
+
+async def test_warm_intro_a_stays_until_done(
+    transfer_env: TransferEnv, room_admin: RoomAdmin
+) -> None:
+    async with open_call(transfer_env, prefix="intro") as call:
+        ticket = await call.a_call.transfer(
+            caller=call.caller.identity, to_agent=call.b.identity, mode="warm_intro"
+        )
+        b_session = await call.b_lobby.accept((await call.next_offer()).transfer_id)
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        snap = await call.a_service.complete(ticket.transfer_id, agent=call.a.identity)
+        assert snap.phase == "completing"
+        r2 = {p.identity for p in await room_admin.list_participants(ticket.new_room)}
+        assert {call.caller.identity, call.a.identity, call.b.identity} <= r2
+        # A introduces B: the caller hears A in the new room.
+        assert call.mover is not None
+        assert await hears(call.mover.session, call.a.identity, A_HZ) > 0.8
+        snap = await call.a_service.complete(ticket.transfer_id, agent=call.a.identity)
+        assert snap.phase == "completed"
+        await eventually(lambda: _absent(room_admin, ticket.new_room, call.a.identity))
+        assert await hears(b_session, call.caller.identity, CALLER_HZ) > 0.8
+
+
+async def _absent(rooms: RoomAdmin, room: str, identity: str) -> bool:
+    return identity not in {p.identity for p in await rooms.list_participants(room)}
+
+
+async def test_caller_that_cannot_move_gets_b_brought_in(
+    transfer_env: TransferEnv, room_admin: RoomAdmin
+) -> None:
+    # The caller's client ignores the move instruction (as a SIP participant would).
+    async with open_call(transfer_env, caller_moves=False, prefix="nomove") as call:
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        await call.b_lobby.accept((await call.next_offer()).transfer_id)
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        snap = await call.a_service.complete(ticket.transfer_id, agent=call.a.identity)
+        assert (snap.phase, snap.strategy) == ("completed", "bring_agent")
+        b_session = call.b_lobby.call_session
+        assert b_session is not None and b_session.room_name == call.room
+        assert await hears(b_session, call.caller.identity, CALLER_HZ) > 0.8
+        assert await hears(call.caller_session, call.b.identity, B_HZ) > 0.8
+        people = {p.identity for p in await room_admin.list_participants(call.room)}
+        assert people == {call.caller.identity, call.b.identity}
+        await eventually(lambda: _gone(room_admin, ticket.new_room))

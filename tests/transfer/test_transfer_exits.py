@@ -1,0 +1,116 @@
+"""Every exit that is not ``completed``: the caller back with A, or everything torn down.
+
+Each test runs against the embedded service and the backend under uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from softphone.domain.transfer import TransferSnapshot
+from softphone.services.room_admin import RoomAdmin
+from tests.transfer.conftest import (
+    A_HZ,
+    CALLER_HZ,
+    OFFER_TIMEOUT_S,
+    Call,
+    TransferEnv,
+    eventually,
+    hears,
+    open_call,
+    room_exists,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def _back_with_a(call: Call, rooms: RoomAdmin, snap: TransferSnapshot) -> None:
+    """The caller is back with A: audio both ways, A unmuted, R2 gone."""
+    assert snap.phase == "returned"
+    await eventually(lambda: _not(room_exists(rooms, snap.new_room)))
+    await eventually(lambda: _true(not call.a_call.session.muted))
+    assert await hears(call.caller_session, call.a.identity, A_HZ) > 0.8
+    assert await hears(call.a_call.session, call.caller.identity, CALLER_HZ) > 0.8
+    assert await room_exists(rooms, call.room)
+    people = {p.identity for p in await rooms.list_participants(call.room)}
+    assert people == {call.caller.identity, call.a.identity}
+
+
+async def _not(aw: object) -> bool:
+    return not await aw  # type: ignore[misc]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_b_declines(transfer_env: TransferEnv, room_admin: RoomAdmin) -> None:
+    async with open_call(transfer_env, prefix="decline") as call:
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        offer = await call.next_offer()
+        await call.b_lobby.decline(offer.transfer_id, "in a meeting")
+        snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["returned"])
+        assert snap.reason is not None
+        assert (snap.reason.code, snap.reason.text) == ("declined", "in a meeting")
+        assert "in a meeting" in snap.reason.describe()
+        await _back_with_a(call, room_admin, snap)
+
+
+async def test_b_never_answers(transfer_env: TransferEnv, room_admin: RoomAdmin) -> None:
+    async with open_call(transfer_env, prefix="noanswer") as call:
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        await call.next_offer()
+        snap = await call.a_service.wait_for_phase(
+            ticket.transfer_id, ["returned"], timeout_s=OFFER_TIMEOUT_S + 10
+        )
+        assert snap.reason is not None and snap.reason.code == "no_answer"
+        # B's phone stops ringing.
+        await eventually(lambda: _true(ticket.transfer_id in call.withdrawn))
+        await _back_with_a(call, room_admin, snap)
+
+
+async def test_b_disconnects_mid_consult(transfer_env: TransferEnv, room_admin: RoomAdmin) -> None:
+    async with open_call(transfer_env, prefix="bleft") as call:
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        await call.b_lobby.accept((await call.next_offer()).transfer_id)
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        await call.b_lobby.leave_call()
+        snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["returned"])
+        assert snap.reason is not None and snap.reason.code == "agent_left"
+        await _back_with_a(call, room_admin, snap)
+
+
+async def test_a_cancels(transfer_env: TransferEnv, room_admin: RoomAdmin) -> None:
+    async with open_call(transfer_env, prefix="cancel") as call:
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        await call.b_lobby.accept((await call.next_offer()).transfer_id)
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        snap = await call.a_service.cancel(ticket.transfer_id, agent=call.a.identity)
+        assert snap.reason is not None and snap.reason.code == "cancelled"
+        await _back_with_a(call, room_admin, snap)
+
+
+@pytest.mark.parametrize("phase", ["offering", "consulting"])
+async def test_caller_hangs_up(
+    transfer_env: TransferEnv, room_admin: RoomAdmin, phase: str
+) -> None:
+    async with open_call(transfer_env, prefix=f"hangup-{phase}") as call:
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        offer = await call.next_offer()
+        if phase == "consulting":
+            await call.b_lobby.accept(offer.transfer_id)
+            await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        await call.caller_session.aclose()
+        snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["ended"])
+        assert snap.reason is not None and snap.reason.code == "caller_left"
+        if phase == "offering":
+            # The offer is withdrawn at once: B is never sent into an empty room.
+            await eventually(lambda: _true(ticket.transfer_id in call.withdrawn))
+            with pytest.raises(Exception) as info:
+                await call.b_lobby.accept(offer.transfer_id)
+            assert getattr(info.value, "code", "") in ("transfer_error",)
+        await eventually(lambda: _not(room_exists(room_admin, call.room)))
+        await eventually(lambda: _not(room_exists(room_admin, ticket.new_room)))
+        await asyncio.sleep(0)
