@@ -102,6 +102,7 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
                     "windows": listener.capture.windows(),
                     "caller_status": caller.call_panel.status.text(),
                     "log": agent.event_log.lines(),
+                    "caller_log": caller.event_log.lines(),
                 }
             finally:
                 await close_windows(caller, agent)
@@ -111,7 +112,8 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
     assert result["heard"]["caller"] > 0.3, "the caller's speaker got no audio from the agent"
     assert result["muted_button"]
     assert "Connected to" in result["caller_status"]
-    assert any("caller-1 joined" in line for line in result["log"])
+    assert any(f"joined {room_name}" in line for line in result["log"])
+    assert any("mic" in line and "muted" in line for line in result["caller_log"])
     muted_at = result["muted_at"]
     before = [tone_level(w, 440.0) for t, w in result["windows"] if t < muted_at]
     after = [tone_level(w, 440.0) for t, w in result["windows"] if t > muted_at + 0.6]

@@ -184,6 +184,8 @@ class AgentWindow(RoleWindow):
         task.add_done_callback(lambda _t: self.transfer_panel._update_buttons())
 
     def _on_transfer_complete(self) -> None:
+        # The service removes A from the room as part of completing: not an error.
+        self.call_panel.expect_end()
         run_task(self.agent.complete(), report=self.show_error, what="complete transfer")
 
     def _on_transfer_cancel(self) -> None:
@@ -228,7 +230,7 @@ class AgentWindow(RoleWindow):
                 "transfer",
                 f"{payload.phase}" + (f" ({payload.reason.describe()})" if payload.reason else ""),
             )
-            if payload.phase == "completed":
+            if payload.phase in ("completing", "completed"):
                 self.call_panel.expect_end()
             if payload.phase in ("offering", "consulting"):
                 self.tabs.setCurrentWidget(self.transfer_panel)
