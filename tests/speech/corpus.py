@@ -29,7 +29,7 @@ CALLS_DIR = ROOT / "tests" / "data" / "calls"
 CACHE_DIR = ROOT / "tests" / ".cache" / "speech"
 SAMPLE_RATE = 48000
 GAP_S = 0.8
-ESPEAK_SPEED = 160
+ESPEAK_SPEED = 150
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,18 +200,53 @@ _ORDINALS = {
 }  # fmt: skip
 
 
+# Short words that precede numbers in speech; other short letter groups before
+# digits are spelled-out codes ("dc 5521" is "dc5521").
+_KEEP_APART = {
+    "is", "at", "to", "on", "in", "of", "by", "for", "and", "the", "are", "was", "be",
+    "my", "me", "it", "a", "an", "or", "per", "ago", "i", "we", "you", "no", "all",
+    "may", "mar", "jun", "jul", "aug", "oct", "nov", "dec", "jan", "feb", "apr", "sep",
+}  # fmt: skip
+_CONTRACTIONS = {
+    "i'm": "i am", "it's": "it is", "that's": "that is", "there's": "there is",
+    "what's": "what is", "let's": "let us", "you're": "you are", "we're": "we are",
+    "they're": "they are", "i'll": "i will", "you'll": "you will", "we'll": "we will",
+    "i've": "i have", "we've": "we have", "you've": "you have", "i'd": "i would",
+    "don't": "do not", "doesn't": "does not", "didn't": "did not", "can't": "cannot",
+    "won't": "will not", "isn't": "is not", "wasn't": "was not", "haven't": "have not",
+    "alright": "all right", "ok": "okay",
+}  # fmt: skip
+_FILLERS = {"uh", "um", "hmm", "mm", "ah", "er"}
+
+
 def normalize(text: str) -> list[str]:
-    """Words for WER: lower case, no punctuation, numbers as digits, ``$5`` as ``5 dollars``."""
-    t = text.lower()
+    """Words for WER, in the manner of Whisper's English normaliser.
+
+    Lower case, no punctuation, contractions expanded, numbers as digits,
+    ``$5`` as ``5 dollars``, ``3pm`` as ``3 pm``, ``dc 5521`` as ``dc5521``,
+    e-mail addresses spelled out, fillers dropped.
+    """
+    t = text.lower().replace("’", "'")
     t = re.sub(r"\$(\d+)\.(\d\d)\b", r"\1 dollars and \2 cents", t)
     t = re.sub(r"\$(\d+)", r"\1 dollars", t)
     t = re.sub(r"(?<=\d),(?=\d{3})", "", t)
     t = re.sub(r"(\d+)(st|nd|rd|th)\b", r"\1", t)
-    t = t.replace("@", " at ").replace("-", " ")
-    t = re.sub(r"(?<=[a-z])\.(?=[a-z])", " dot ", t)
+    t = re.sub(r"\b(\d+)\s*([ap])\.?\s?m\b\.?", r"\1 \2m", t)
+    t = re.sub(
+        r"[\w.]+@[\w.]+\w",
+        lambda m: m.group(0).replace("@", " at ").replace(".", " dot "),
+        t,
+    )
+    t = re.sub(r"[a-z0-9'-]+", lambda m: _CONTRACTIONS.get(m.group(0), m.group(0)), t)
+    t = t.replace("-", " ")
     t = re.sub(r"[^a-z0-9' ]+", " ", t)
     t = t.replace("'", "")
-    words = t.split()
+    t = re.sub(
+        r"\b([a-z]{1,3}) (\d+)\b",
+        lambda m: m.group(0) if m.group(1) in _KEEP_APART else m.group(1) + m.group(2),
+        t,
+    )
+    words = [w for w in t.split() if w not in _FILLERS]
     out: list[str] = []
     i = 0
     while i < len(words):
