@@ -14,11 +14,14 @@ the OpenAPI schema is at ``/openapi.json`` and the docs at ``/docs``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hmac
 import json
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,12 +32,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from softphone import __version__
-from softphone.config import Settings
+from softphone.config import Settings, load_settings
+from softphone.domain.identifiers import validate_identity
 from softphone.errors import (
     ConfigError,
     LiveKitError,
     NotFoundError,
     SoftphoneError,
+    SpeechError,
     TransferError,
     ValidationError,
 )
@@ -42,6 +47,7 @@ from softphone.services.room_admin import RoomAdmin
 from softphone.services.token_minter import TokenMinter
 from softphone.services.transfer_orchestrator import TransferOrchestrator
 from softphone.services.transfer_service import TransferRequest
+from softphone.speech.pipeline import UploadGuard, http_status_for, transcribe_file
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +155,7 @@ def _status(exc: SoftphoneError) -> int:
         return 404
     if isinstance(exc, TransferError):
         return 409
-    if isinstance(exc, LiveKitError):
+    if isinstance(exc, LiveKitError | SpeechError):
         return 503 if exc.retryable else 502
     return 500
 
@@ -173,11 +179,14 @@ async def _body(request: Request) -> dict[str, Any]:
     return data
 
 
-def create_app(*, service: TransferOrchestrator, keys: KeyRing) -> FastAPI:
+def create_app(
+    *, service: TransferOrchestrator, keys: KeyRing, settings: Settings | None = None
+) -> FastAPI:
     """The FastAPI app serving ``service`` to holders of ``keys``.
 
     The caller owns ``service`` (and closes it); see :func:`build_app` for
-    an app that builds its own from settings.
+    an app that builds its own from settings. ``settings`` choose the speech
+    providers and bounds of ``POST /v1/speech`` (defaults if not given).
     """
     app = FastAPI(
         title="softphone backend",
@@ -185,11 +194,13 @@ def create_app(*, service: TransferOrchestrator, keys: KeyRing) -> FastAPI:
         description="Warm transfers, tokens, rooms and the agent directory.",
     )
     app.state.keys = keys
-    _routes(app, lambda: service)
+    _routes(app, lambda: service, settings or load_settings({}, env={}))
     return app
 
 
-def _routes(app: FastAPI, get_service: Callable[[], TransferOrchestrator]) -> None:
+def _routes(
+    app: FastAPI, get_service: Callable[[], TransferOrchestrator], settings: Settings
+) -> None:
     @app.exception_handler(SoftphoneError)
     async def _softphone_error(request: Request, exc: SoftphoneError) -> JSONResponse:
         status = _status(exc)
@@ -293,6 +304,35 @@ def _routes(app: FastAPI, get_service: Callable[[], TransferOrchestrator]) -> No
         grant = await get_service().mint_token(identity=identity, room=room, role=role)
         return grant.to_dict()
 
+    @app.post(
+        "/v1/speech",
+        summary="Transcribe and summarize an uploaded recording",
+        description="Send the audio file as the raw request body (WAV, FLAC, MP3, Ogg/Opus, "
+        "WebM) with its Content-Type. Answers the audio info, transcript and summary.",
+    )
+    async def speech(request: Request, who: Who, speaker: str = "") -> Any:
+        agent_only(who)
+        try:
+            guard = UploadGuard.from_settings(
+                settings, content_type=request.headers.get("content-type")
+            )
+            fd, name = tempfile.mkstemp(prefix="upload-", suffix=".audio")
+            path = Path(name)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    async for chunk in request.stream():
+                        guard.add(chunk)
+                        await asyncio.to_thread(out.write, chunk)
+                guard.finish()
+                result = await transcribe_file(
+                    path, settings, speaker=validate_identity(speaker or "caller", "speaker")
+                )
+            finally:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+        except ValidationError as exc:
+            return _error(http_status_for(exc), exc.code, exc.message)
+        return result.to_dict()
+
 
 @contextlib.asynccontextmanager
 async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrator]:
@@ -348,5 +388,5 @@ def build_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.keys = keys
-    _routes(app, lambda: holder["service"])
+    _routes(app, lambda: holder["service"], settings)
     return app

@@ -70,6 +70,10 @@ from softphone.speech.summarizer import Summarizer, summarize_with_fallback
 log = logging.getLogger(__name__)
 
 HOLD_FREQ_HZ = 330.0
+# While the caller moves: how often the rooms are checked, and how long the
+# caller may stay in R1 after arriving in R2 before R1 is closed anyway.
+MOVE_POLL_S = 0.05
+MOVE_LEAVE_GRACE_S = 2.0
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
 _WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
 
@@ -496,7 +500,7 @@ class TransferOrchestrator(TransferService):
                 json.dumps(grant.to_dict()),
                 response_timeout_s=self._move_timeout_s,
             )
-            moved = t.caller in await self._present(t.new_room)
+            moved = await self._await_move(t)
         except SoftphoneError as exc:
             log.info("caller cannot move; bringing the agent", extra={"error": exc.message})
         if moved:
@@ -508,6 +512,22 @@ class TransferOrchestrator(TransferService):
             await self._finish(run)
             return
         await self._bring_agent(run)
+
+    async def _await_move(self, t: Transfer) -> bool:
+        """Wait for the caller to be in R2 (and, briefly, to have left R1 itself)."""
+        deadline = time.monotonic() + self._move_timeout_s
+        arrived: float | None = None
+        while time.monotonic() < deadline:
+            in_r2 = t.caller in await self._present(t.new_room)
+            if in_r2 and arrived is None:
+                arrived = time.monotonic()
+            if in_r2 and (
+                t.caller not in await self._present(t.call_room)
+                or time.monotonic() - arrived > MOVE_LEAVE_GRACE_S  # type: ignore[operator]
+            ):
+                return True
+            await asyncio.sleep(MOVE_POLL_S)
+        return arrived is not None
 
     async def _bring_agent(self, run: _Run) -> None:
         t = run.transfer

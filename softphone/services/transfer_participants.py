@@ -50,7 +50,7 @@ from softphone.services.transfer_service import (
 log = logging.getLogger(__name__)
 
 LobbyEvent = Literal["offer", "offer_withdrawn", "directory_changed", "joined_room", "moved"]
-CallerEvent = Literal["moved"]
+CallerEvent = Literal["joined", "moved"]
 AgentCallEvent = Literal["transfer_changed", "consult_joined", "consult_left"]
 MoveStrategy = Literal["make_before_break", "break_before_make"]
 
@@ -103,6 +103,15 @@ async def _join(grant: TokenGrant, mic: rtc.AudioSource | None) -> RtcSession:
             await session.aclose()
             raise
     return session
+
+
+async def _first_audio(session: RtcSession, timeout_s: float) -> None:
+    async def first() -> None:
+        async for _ in session.remote_audio():
+            return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(first(), timeout_s)
 
 
 class _Tasks:
@@ -279,6 +288,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         except MediaError as exc:
             raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
         self.call_session = new
+        await _first_audio(new, 1.0)
         self._tasks.spawn(self._close_later(old))
         self.emit("moved", Moved(grant.room, new, time.monotonic() - started))
         return "joined"
@@ -323,6 +333,11 @@ class CallerMover(EventEmitter[CallerEvent]):
         mic: The caller's microphone source (published again in the new room).
         strategy: ``make_before_break`` (join and publish, then leave) or
             ``break_before_make`` (the naive order; for the benchmark).
+        audible_timeout_s: Make-before-break waits at most this long for the
+            first remote audio in the new room before leaving the old one.
+
+    Events: ``joined`` (the new session, before the old one is left) and
+    ``moved`` (:class:`Moved`, once the move is done).
     """
 
     def __init__(
@@ -331,21 +346,29 @@ class CallerMover(EventEmitter[CallerEvent]):
         session: RtcSession,
         mic: rtc.AudioSource | None,
         strategy: MoveStrategy = "make_before_break",
+        audible_timeout_s: float = 1.0,
     ) -> None:
         super().__init__()
         self.session = session
+        self._audible_timeout_s = audible_timeout_s
+        self._tasks = _Tasks()
         self._mic = mic
         self._strategy = strategy
         self.moves: list[Moved] = []
         session.register_rpc(RPC_MOVE, self._on_move)
 
     async def _on_move(self, inv: rtc.RpcInvocationData) -> str:
+        # Answer at once and move in the background: the answer must not
+        # depend on the room it is sent from staying connected.
         grant = _parse_grant(inv.payload)
+        self._tasks.spawn(self._move_quietly(grant))
+        return "moving"
+
+    async def _move_quietly(self, grant: TokenGrant) -> None:
         try:
             await self.move_to(grant)
-        except MediaError as exc:
-            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
-        return "moved"
+        except MediaError:
+            log.warning("caller could not move; staying in the call room")
 
     async def move_to(self, grant: TokenGrant) -> RtcSession:
         """Move to ``grant.room`` with the configured strategy.
@@ -358,8 +381,13 @@ class CallerMover(EventEmitter[CallerEvent]):
         if self._strategy == "break_before_make":
             await old.aclose()
             new = await _join(grant, self._mic)
+            self.emit("joined", new)
         else:
             new = await _join(grant, self._mic)
+            self.emit("joined", new)
+            # Leave only once the new room is audible (or after a short cap),
+            # so the caller hears no gap.
+            await _first_audio(new, self._audible_timeout_s)
             await old.aclose()
         new.register_rpc(RPC_MOVE, self._on_move)
         self.session = new
@@ -371,6 +399,7 @@ class CallerMover(EventEmitter[CallerEvent]):
 
     async def aclose(self) -> None:
         """Hang up: leave the current room."""
+        await self._tasks.cancel()
         await self.session.aclose()
 
     async def __aenter__(self) -> CallerMover:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +22,14 @@ from softphone.config import Secret
 from softphone.services.local_server import LocalLiveKitServer, free_port
 
 IDENTITIES = 400
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    # The backend must never outlive the test session, even if it is killed.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def identities() -> list[tuple[str, str]]:
@@ -102,7 +113,12 @@ class BackendProcess:
         ]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=1.0) as http:

@@ -14,6 +14,7 @@ from softphone.services.room_admin import RoomAdmin
 from tests.transfer.conftest import (
     A_HZ,
     CALLER_HZ,
+    HEARD,
     OFFER_TIMEOUT_S,
     Call,
     TransferEnv,
@@ -31,8 +32,8 @@ async def _back_with_a(call: Call, rooms: RoomAdmin, snap: TransferSnapshot) -> 
     assert snap.phase == "returned"
     await eventually(lambda: _not(room_exists(rooms, snap.new_room)))
     await eventually(lambda: _true(not call.a_call.session.muted))
-    assert await hears(call.caller_session, call.a.identity, A_HZ) > 0.8
-    assert await hears(call.a_call.session, call.caller.identity, CALLER_HZ) > 0.8
+    assert await hears(call.caller_session, call.a.identity, A_HZ) > HEARD
+    assert await hears(call.a_call.session, call.caller.identity, CALLER_HZ) > HEARD
     assert await room_exists(rooms, call.room)
     people = {p.identity for p in await rooms.list_participants(call.room)}
     assert people == {call.caller.identity, call.a.identity}

@@ -17,6 +17,7 @@ from tests.transfer.conftest import (
     A_HZ,
     B_HZ,
     CALLER_HZ,
+    HEARD,
     HOLD_HZ,
     TransferEnv,
     eventually,
@@ -48,7 +49,7 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         assert offer.summary is not None and offer.summary.reason
         assert not offer.summary.fallback
         # On hold: the caller hears the hold tone, not A.
-        assert await hears(call.caller_session, f"hold-{ticket.transfer_id}", HOLD_HZ) > 0.8
+        assert await hears(call.caller_session, f"hold-{ticket.transfer_id}", HOLD_HZ) > HEARD
         assert call.a_call.session.muted
         assert await silent(call.caller_session, call.a.identity, A_HZ)
         b_session = await call.b_lobby.accept(offer.transfer_id)
@@ -58,7 +59,7 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         # Consult leg: A and B hear each other in R2.
         await eventually(lambda: asyncio.sleep(0, call.a_call.consult is not None))
         assert call.a_call.consult is not None
-        assert await hears(b_session, call.a.identity, A_HZ) > 0.8
+        assert await hears(b_session, call.a.identity, A_HZ) > HEARD
         snap = await a_service.complete(ticket.transfer_id, agent=call.a.identity)
         assert snap.phase == "completed"
         assert snap.strategy == "move_caller"
@@ -71,8 +72,8 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         ]
         assert call.mover is not None and call.mover.session.room_name == ticket.new_room
         # The caller and B hear each other; A is in neither room; R1 is gone.
-        assert await hears(b_session, caller, CALLER_HZ) > 0.8
-        assert await hears(call.mover.session, call.b.identity, B_HZ) > 0.8
+        assert await hears(b_session, caller, CALLER_HZ) > HEARD
+        assert await hears(call.mover.session, call.b.identity, B_HZ) > HEARD
         r2 = {p.identity for p in await room_admin.list_participants(ticket.new_room)}
         assert call.a.identity not in r2 and {caller, call.b.identity} <= r2
         await eventually(lambda: _gone(room_admin, call.room))
@@ -97,8 +98,8 @@ async def _completes_without_consult(env: TransferEnv, rooms: RoomAdmin, mode: M
         assert (snap.summary is None) == (mode == "cold")
         assert call.mover is not None
         assert call.mover.session.room_name == ticket.new_room
-        assert await hears(b_session, call.caller.identity, CALLER_HZ) > 0.8
-        assert await hears(call.mover.session, call.b.identity, B_HZ) > 0.8
+        assert await hears(b_session, call.caller.identity, CALLER_HZ) > HEARD
+        assert await hears(call.mover.session, call.b.identity, B_HZ) > HEARD
         await eventually(lambda: _gone(rooms, call.room))
 
 
@@ -127,11 +128,11 @@ async def test_warm_intro_a_stays_until_done(
         assert {call.caller.identity, call.a.identity, call.b.identity} <= r2
         # A introduces B: the caller hears A in the new room.
         assert call.mover is not None
-        assert await hears(call.mover.session, call.a.identity, A_HZ) > 0.8
+        assert await hears(call.mover.session, call.a.identity, A_HZ) > HEARD
         snap = await call.a_service.complete(ticket.transfer_id, agent=call.a.identity)
         assert snap.phase == "completed"
         await eventually(lambda: _absent(room_admin, ticket.new_room, call.a.identity))
-        assert await hears(b_session, call.caller.identity, CALLER_HZ) > 0.8
+        assert await hears(b_session, call.caller.identity, CALLER_HZ) > HEARD
 
 
 async def _absent(rooms: RoomAdmin, room: str, identity: str) -> bool:
@@ -150,8 +151,8 @@ async def test_caller_that_cannot_move_gets_b_brought_in(
         assert (snap.phase, snap.strategy) == ("completed", "bring_agent")
         b_session = call.b_lobby.call_session
         assert b_session is not None and b_session.room_name == call.room
-        assert await hears(b_session, call.caller.identity, CALLER_HZ) > 0.8
-        assert await hears(call.caller_session, call.b.identity, B_HZ) > 0.8
+        assert await hears(b_session, call.caller.identity, CALLER_HZ) > HEARD
+        assert await hears(call.caller_session, call.b.identity, B_HZ) > HEARD
         people = {p.identity for p in await room_admin.list_participants(call.room)}
         assert people == {call.caller.identity, call.b.identity}
         await eventually(lambda: _gone(room_admin, ticket.new_room))
