@@ -202,6 +202,7 @@ class CallRecorder:
         self._clock = clock
         self._tracks: dict[str, _Track] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._readers: dict[str, asyncio.Task[None]] = {}  # identity -> its current track
         self._flusher: asyncio.Task[None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recorder")
         self._closed = False
@@ -284,9 +285,19 @@ class CallRecorder:
         return track.writer.path
 
     def add_remote(self, audio: RemoteAudio) -> asyncio.Task[None]:
-        """Record a remote participant's track until it ends (reconnects continue the file)."""
+        """Record a remote participant's track until it ends (reconnects continue the file).
+
+        A new track of an identity replaces the old one, whose reader stops, so
+        two tracks never write into one file at once.
+        """
+        previous = self._readers.get(audio.identity)
+        if previous is not None:
+            previous.cancel()
 
         async def run() -> None:
+            if previous is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await previous
             await self.open_track(audio.identity)
             stream = audio.stream(sample_rate=self.sample_rate, frame_size_ms=10)
             try:
@@ -297,6 +308,7 @@ class CallRecorder:
                     await stream.aclose()
 
         task = asyncio.create_task(run(), name=f"recorder-{audio.sid}")
+        self._readers[audio.identity] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

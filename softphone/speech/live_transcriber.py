@@ -80,12 +80,12 @@ class _Speaker:
     utterance: list[np.ndarray[Any, Any]] = dataclasses.field(default_factory=list)
     utt_start_s: float = 0.0
     last_voiced_end_s: float = 0.0
-    last_voiced_wall: float = 0.0
     voiced_frames: int = 0
     utt_frames: int = 0
     frames_at_partial: int = 0
     counter: int = 0
     segment_id: str = ""
+    spec_token: int = 0  # the speculative final running for this pause (0: none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +97,12 @@ class _Job:
     start_s: float
     end_s: float
     audio: np.ndarray[Any, Any]
-    final: bool
-    spoken_wall: float
+    kind: Literal["partial", "final", "spec"]
+    token: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.kind != "partial"
 
 
 class LiveTranscriber(EventEmitter[LiveEvent]):
@@ -163,10 +167,21 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._busy = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._readers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="live-stt")
         self._closed = False
         self._finalized: set[str] = set()
+        # Speculative finals: recognition starts halfway through the closing
+        # silence; if the pause turns out to be the end, its result is the
+        # final (which saves most of the model's time from the lag), and if
+        # the speaker goes on, it is shown as a partial.
+        self._spec_frames = max(1, self._silence_frames // 2)
+        self._spec_seq = 0
+        self._spec_state: dict[int, str] = {}  # token -> pending | confirmed | dropped
+        self._spec_results: dict[int, TranscriptSegment] = {}
+        self.busy_s = 0.0  # seconds the model spent recognising (real-time factor, diagnostics)
+        self.jobs_done = 0  # recognitions run (partials and finals)
 
     @classmethod
     def from_settings(
@@ -265,11 +280,18 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
     def add_remote(self, audio: RemoteAudio, *, leg: str = "call") -> asyncio.Task[None]:
         """Transcribe a remote participant's track until it ends.
 
-        A second track of the same identity (after a reconnect) continues the
-        same speaker's timeline.
+        A second track of the same identity (after a reconnect) replaces the
+        first one and continues the same speaker's timeline.
         """
+        key = (audio.identity, leg)
+        previous = self._readers.get(key)
+        if previous is not None:
+            previous.cancel()
 
         async def run() -> None:
+            if previous is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await previous
             stream = audio.stream(sample_rate=SAMPLE_RATE, frame_size_ms=20)
             self.restart_stream(audio.identity, leg=leg)
             try:
@@ -286,7 +308,9 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
                 with contextlib.suppress(Exception):
                     await stream.aclose()
 
-        return self._spawn(run(), name=f"live-stt-track-{audio.sid}")
+        task = self._spawn(run(), name=f"live-stt-track-{audio.sid}")
+        self._readers[key] = task
+        return task
 
     # ---- voice activity ---------------------------------------------------
 
@@ -313,7 +337,6 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
                 st.silent_run = 0
                 st.frames_at_partial = 0
                 st.last_voiced_end_s = frame_end_s
-                st.last_voiced_wall = self._clock()
                 st.counter += 1
                 st.segment_id = f"{st.leg}:{st.speaker}:{round(st.origin_s * 1000)}:{st.counter}"
             return
@@ -323,33 +346,66 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
             st.voiced_frames += 1
             st.silent_run = 0
             st.last_voiced_end_s = frame_end_s
-            st.last_voiced_wall = self._clock()
+            if st.spec_token:
+                self._drop_spec(st)
         else:
             st.silent_run += 1
+            if (
+                st.silent_run == self._spec_frames
+                and not st.spec_token
+                and st.voiced_frames >= self._min_frames
+            ):
+                self._spec_seq += 1
+                st.spec_token = self._spec_seq
+                self._spec_state[st.spec_token] = "pending"
+                self._enqueue(st, kind="spec", token=st.spec_token)
         if st.silent_run >= self._silence_frames or st.utt_frames >= self._max_frames:
             self._end_utterance(st)
         elif (
             self._partials
+            and voiced  # a pause may be the end: then the final is due, not a partial
             and st.utt_frames - st.frames_at_partial >= self._partial_frames
             and not self._busy
             and self._queue.empty()
         ):
             st.frames_at_partial = st.utt_frames
-            self._enqueue(st, final=False)
+            self._enqueue(st, kind="partial")
+
+    def _drop_spec(self, st: _Speaker) -> None:
+        """The speaker went on after the pause: the speculative result is only a partial."""
+        token, st.spec_token = st.spec_token, 0
+        self._spec_state[token] = "dropped"
+        seg = self._spec_results.pop(token, None)
+        if seg is not None:
+            self._spec_state.pop(token, None)
+            if seg.text and seg.segment_id not in self._finalized:
+                self.emit("segment", dataclasses.replace(seg, final=False))
 
     def _end_utterance(self, st: _Speaker) -> None:
         if not st.in_speech:
             return
-        if st.voiced_frames >= self._min_frames:
-            self._enqueue(st, final=True)
+        if st.spec_token:
+            token, st.spec_token = st.spec_token, 0
+            seg = self._spec_results.pop(token, None)
+            if seg is not None:  # already recognised during the pause: final at once
+                self._spec_state.pop(token, None)
+                self._finalize(seg)
+            else:
+                self._spec_state[token] = "confirmed"
+        elif st.voiced_frames >= self._min_frames:
+            self._enqueue(st, kind="final")
         st.in_speech = False
         st.utterance = []
         st.voiced_run = 0
         st.silent_run = 0
 
-    def _enqueue(self, st: _Speaker, *, final: bool) -> None:
+    def _enqueue(
+        self, st: _Speaker, *, kind: Literal["partial", "final", "spec"], token: int = 0
+    ) -> None:
         audio = np.concatenate(st.utterance) if st.utterance else np.zeros(0, np.float32)
-        end_s = st.last_voiced_end_s if final else st.utt_start_s + len(audio) / SAMPLE_RATE
+        end_s = (
+            st.last_voiced_end_s if kind != "partial" else st.utt_start_s + len(audio) / SAMPLE_RATE
+        )
         self._queue.put_nowait(
             _Job(
                 (st.speaker, st.leg),
@@ -359,8 +415,8 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
                 round(st.utt_start_s, 3),
                 round(end_s, 3),
                 audio,
-                final,
-                st.last_voiced_wall,
+                kind,
+                token,
             )
         )
 
@@ -376,32 +432,35 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
                 self._queue.task_done()
 
     async def _run_job(self, loop: asyncio.AbstractEventLoop, job: _Job) -> None:
-        if not job.final and job.segment_id in self._finalized:
+        if job.kind == "partial" and job.segment_id in self._finalized:
+            return
+        if job.kind == "spec" and self._spec_state.get(job.token) == "dropped":
+            self._spec_state.pop(job.token, None)  # the speaker went on before we began
             return
         self._busy = True
+        began = time.monotonic()
         try:
             assert self._engine is not None
             pieces, _ = await loop.run_in_executor(
                 self._pool,
+                # Timestamp tokens help tiny.en: without them it mishears more.
                 functools.partial(self._engine.transcribe, job.audio, beam_size=self._beam_size),
             )
             text = " ".join(p.text for p in pieces).strip()
         except SoftphoneError as exc:
             log.warning("live transcription failed", extra={"error": exc.message})
+            self._spec_state.pop(job.token, None)
             self.emit("error", exc if isinstance(exc, SpeechError) else SpeechError(exc.message))
             return
         except Exception as exc:
             log.exception("live transcription failed")
+            self._spec_state.pop(job.token, None)
             self.emit("error", SpeechError(f"live transcription failed ({exc.__class__.__name__})"))
             return
         finally:
             self._busy = False
-        if job.final:
-            self._finalized.add(job.segment_id)
-        elif job.segment_id in self._finalized:
-            return
-        if not text and not job.final:
-            return
+            self.busy_s += time.monotonic() - began
+            self.jobs_done += 1
         seg = TranscriptSegment(
             speaker=job.speaker,
             start_s=job.start_s,
@@ -411,8 +470,27 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
             leg=job.leg,
             segment_id=job.segment_id,
         )
+        if job.kind == "final":
+            self._finalize(seg)
+        elif job.kind == "spec":
+            state = self._spec_state.get(job.token, "dropped")
+            if state == "confirmed":
+                self._spec_state.pop(job.token, None)
+                self._finalize(seg)
+            elif state == "pending":
+                self._spec_results[job.token] = seg  # the end is not decided yet
+            else:
+                self._spec_state.pop(job.token, None)
+                if text and seg.segment_id not in self._finalized:
+                    self.emit("segment", dataclasses.replace(seg, final=False))
+        elif text and job.segment_id not in self._finalized:
+            self.emit("segment", seg)
+
+    def _finalize(self, seg: TranscriptSegment) -> None:
+        """Emit a final segment (replacing its partials) and persist it."""
+        self._finalized.add(seg.segment_id)
         self.emit("segment", seg)
-        if job.final and text and self._history is not None and self._call_id:
+        if seg.text and self._history is not None and self._call_id:
             self._spawn(self._persist(seg), name="live-stt-persist")
 
     async def _persist(self, seg: TranscriptSegment) -> None:

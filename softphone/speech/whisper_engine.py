@@ -14,6 +14,7 @@ two callers never fight for the same cores.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ class WhisperEngine:
         model: Model name or path (``tiny.en`` = bundled).
         device: ``cpu``, ``cuda`` or ``auto``.
         compute_type: e.g. ``int8``.
-        cpu_threads: Threads per inference (0: faster-whisper's default).
+        cpu_threads: Threads per inference (0: one per core, at most 4; more
+            threads than cores makes inference slower, not faster).
     """
 
     def __init__(
@@ -75,6 +77,8 @@ class WhisperEngine:
         cpu_threads: int = 0,
     ) -> None:
         self.model_path = resolve_model(model)
+        if cpu_threads <= 0:
+            cpu_threads = min(4, os.cpu_count() or 1)
         self._lock = threading.Lock()
         try:
             from faster_whisper import WhisperModel
@@ -88,9 +92,20 @@ class WhisperEngine:
             ) from exc
 
     def transcribe(
-        self, audio: np.ndarray[Any, Any] | str, *, beam_size: int = 1, vad: bool = False
+        self,
+        audio: np.ndarray[Any, Any] | str,
+        *,
+        beam_size: int = 1,
+        vad: bool = False,
+        timestamps: bool = True,
     ) -> tuple[list[Piece], float]:
         """Recognise speech in 16 kHz mono float32 samples or an audio file path.
+
+        Args:
+            audio: Samples, or a file path (decoded with PyAV).
+            beam_size: Beam width (1: greedy, fastest).
+            vad: Skip silence with faster-whisper's Silero VAD (for whole files).
+            timestamps: Time each piece; without, one utterance decodes a bit faster.
 
         Returns:
             The pieces and the audio's duration in seconds.
@@ -106,7 +121,7 @@ class WhisperEngine:
                     beam_size=beam_size,
                     vad_filter=vad,
                     condition_on_previous_text=False,
-                    without_timestamps=False,
+                    without_timestamps=not timestamps,
                 )
                 pieces = [
                     Piece(float(s.start), float(s.end), s.text.strip())

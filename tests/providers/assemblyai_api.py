@@ -83,6 +83,7 @@ class FakeAssemblyAI:
         self.hits: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self._scripts: dict[str, list[str]] = {e: [] for e in ENDPOINTS}
         self._lock = threading.Lock()
+        self.stopping = threading.Event()
         self.app = self._make_app()
 
     def script(self, endpoint: str, *modes: str) -> None:
@@ -114,7 +115,11 @@ class FakeAssemblyAI:
         if mode == "invalid":
             return PlainTextResponse("<html>502 Bad Gateway</html>", 200)
         if mode == "hang":
-            await asyncio.sleep(3600)
+            # Never answers while the server runs; released when it stops, so
+            # shutdown does not have to cut the connection.
+            while not self.stopping.is_set():
+                await asyncio.sleep(0.05)
+            return Response(status_code=503)
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         return None
@@ -229,4 +234,7 @@ def assemblyai_server(
     fake = FakeAssemblyAI(api_key=api_key, polls_until_done=polls_until_done)
     with serve(fake.app) as url:
         fake.base_url = url
-        yield fake
+        try:
+            yield fake
+        finally:
+            fake.stopping.set()

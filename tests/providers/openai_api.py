@@ -119,6 +119,7 @@ class FakeOpenAI:
         self.requests: list[RecordedRequest] = []
         self._script: list[str] = []
         self._lock = threading.Lock()
+        self.stopping = threading.Event()
         self.app = self._make_app()
 
     @property
@@ -176,7 +177,11 @@ class FakeOpenAI:
                 400, "Invalid value for 'model'.", "invalid_request_error", "invalid_value"
             )
         if mode == "hang":
-            await asyncio.sleep(3600)
+            # Never answers while the server runs; released when it stops, so
+            # shutdown does not have to cut the connection.
+            while not self.stopping.is_set():
+                await asyncio.sleep(0.05)
+            return Response(status_code=503)
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         return None
@@ -297,4 +302,7 @@ def openai_server(*, api_key: str = "sk-test") -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI(api_key=api_key)
     with serve(fake.app) as url:
         fake.base_url = url
-        yield fake
+        try:
+            yield fake
+        finally:
+            fake.stopping.set()
