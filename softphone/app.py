@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -271,13 +272,17 @@ async def build_windows(
     access = await stack.enter_async_context(livekit_access(settings))
     if not demo:
         context = await open_context(settings, access, stack)
-        if settings.role == "caller":
-            return [CallerWindow(context=context)]
         if settings.role == "supervisor":
             return [SupervisorWindow(context=context)]
-        agent = AgentWindow(context=context)
-        agent.go_online()
-        return [agent]
+        window: Any
+        if settings.role == "caller":
+            window = CallerWindow(context=context)
+        else:
+            window = AgentWindow(context=context)
+            window.go_online()
+        if settings.room and auto_join:  # --room: the room to join at start
+            window.call_panel.join_btn.click()
+        return [window]
     profiles = demo_settings(settings)
     first = await open_context(profiles["agent_a"], access, stack)
     contexts = {"agent_a": first}
@@ -308,7 +313,13 @@ def run_windows(settings: Settings, *, demo: bool = False, supervisor: bool = Fa
     async def build(stack: AsyncExitStack) -> list[Any]:
         return await build_windows(settings, stack, demo=demo, supervisor=supervisor)
 
-    run_qt(lambda: run_until_closed(build), theme=settings.theme)
+    started = time.monotonic()
+
+    def shown(at: float) -> None:
+        log.info("windows ready", extra={"ms": round((at - started) * 1000)})
+        print(f"softphone: window ready in {(at - started) * 1000:.0f} ms", file=sys.stderr)
+
+    run_qt(lambda: run_until_closed(build, on_shown=shown), theme=settings.theme)
 
 
 def _place(windows: Sequence[Any]) -> None:

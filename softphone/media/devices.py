@@ -46,9 +46,9 @@ except OSError:  # pragma: no cover - depends on the machine
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
-BLOCK = SAMPLE_RATE // 50  # 20 ms: fewer wake-ups, and no underruns through the pulse plugin
+BLOCK = SAMPLE_RATE // 25  # 40 ms: few wake-ups (CPU), and no underruns through the pulse plugin
 MAX_BUFFER_SAMPLES = SAMPLE_RATE // 5  # 200 ms of playout backlog at most
-PUMP_S = 0.01  # how often the microphone pump looks for captured blocks
+PUMP_S = 0.04  # how often the microphone pump looks for captured blocks (one block)
 STALL_S = 1.0  # a stream with no callback for this long is considered lost
 
 DeviceKind = Literal["input", "output"]
@@ -279,7 +279,7 @@ class Speaker:
             self._buffers.pop(sid, None)
 
     async def _read(self, audio: RemoteAudio) -> None:
-        stream = audio.stream()
+        stream = audio.stream(frame_size_ms=20)  # half the wake-ups of 10 ms frames
         try:
             async for event in stream:
                 pcm = np.frombuffer(event.frame.data, dtype=np.int16)

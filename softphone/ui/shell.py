@@ -7,6 +7,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -54,11 +55,15 @@ class QtLoop(qasync.QEventLoop):  # type: ignore[misc]
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._rfd, 4096):
                 pass
+        # Run them here, on the loop's thread, instead of through call_soon:
+        # qasync starts a Qt timer per call_soon, and media events come by
+        # the hundred per second.
+        direct = asyncio.events._get_running_loop() is self
         while self._pending:
             callback, args, context = self._pending.popleft()
-            if context is None:
-                self.call_soon(callback, *args)
-            else:
+            if direct:
+                asyncio.Handle(callback, args, self, context)._run()
+            else:  # Qt is processing events outside run_forever: keep them for later
                 self.call_soon(callback, *args, context=context)
 
     def close(self) -> None:
@@ -119,6 +124,14 @@ async def run_until_closed(
         for w in windows:
             w.closed.connect(lambda w=w: closed(w))
             w.show()
+        # SIGINT/SIGTERM close the windows, so the app shuts down the normal way.
+        # (qasync has no add_signal_handler; Python runs the handler on the
+        # main thread at the next bytecode, which Qt's timers provide.)
+        previous = {
+            sig: signal.signal(sig, lambda *_: [w.close() for w in list(open_windows)])
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        stack.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
         if on_shown is not None:
             on_shown(time.monotonic())
         try:

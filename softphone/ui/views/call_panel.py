@@ -91,7 +91,7 @@ class CallPanel(QWidget):
             "devices", controller.devices, ("device_switched", "devices_changed", "device_error")
         )
         self._meter_timer = QTimer(self)
-        self._meter_timer.setInterval(50)
+        self._meter_timer.setInterval(100)  # 10 updates a second read as live, cost little
         self._meter_timer.timeout.connect(self._on_meter_tick)
         self._meter_timer.start()
 
@@ -245,6 +245,8 @@ class CallPanel(QWidget):
         )
 
     def _on_meter_tick(self) -> None:
+        if not self.isVisible():
+            return
         mic = self.controller.devices.mic
         level = mic.levels.level if mic is not None and not self.controller.muted else 0.0
         self.mic_meter.set_level(level)

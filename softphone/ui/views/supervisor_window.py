@@ -119,7 +119,7 @@ class SupervisorWindow(RoleWindow):
         self._timer.timeout.connect(self.refresh)
         self._timer.start()
         self._meter = QTimer(self)
-        self._meter.setInterval(50)
+        self._meter.setInterval(100)
         self._meter.timeout.connect(self._on_meter_tick)
         self._meter.start()
         self._refreshing = False

@@ -1,0 +1,328 @@
+"""Responsiveness of the desktop app: startup, idle memory, call CPU, event-loop stalls.
+
+Usage: ``./dev bench app [--json] [--seconds N]``
+
+- ``startup_ms``: from launching ``softphone --role agent`` (a new process,
+  embedded LiveKit server included) to its window being shown and usable;
+- ``idle_rss_mb``: that process's resident memory after it settled, not in a call;
+- ``call_cpu_pct``: CPU of one app process (percent of one core) in a
+  two-party call (the other party is this script, sending speech), live
+  transcript off; ``call_cpu_transcript_pct``: the same with it on;
+- ``max_loop_stall_ms``: the worst lateness of a 10 ms timer on the app's
+  (qasync) event loop while a warm transfer is clicked through the caller,
+  Agent A and Agent B windows in one process.
+
+A private PulseAudio with null devices is started when ``pulseaudio`` is
+installed, so audio devices are really opened; without it the app runs
+with no devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from livekit import rtc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from softphone.media.session import RtcSession  # noqa: E402
+from softphone.media.tone import SAMPLE_RATE  # noqa: E402
+from softphone.services.local_server import LocalLiveKitServer  # noqa: E402
+from softphone.services.server_binary import ensure_server_binary  # noqa: E402
+from softphone.services.token_minter import TokenMinter  # noqa: E402
+
+SPEECH = (
+    "Hello, I am calling about my invoice. I was charged twice for order "
+    "four five seven one. Could you please refund the second payment? Thank you."
+)
+
+
+@contextlib.contextmanager
+def private_pulse(tmp: Path) -> Iterator[dict[str, str]]:
+    """A PulseAudio with a null sink and a virtual mic, for this run only."""
+    env = {**os.environ}
+    binary = shutil.which("pulseaudio")
+    if binary is None:
+        yield env
+        return
+    runtime = tmp / "pulse"
+    runtime.mkdir()
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    # HOME only for the daemon (its cookie); the app keeps the real HOME and its caches.
+    subprocess.run(
+        [
+            binary,
+            "-D",
+            "-n",
+            "--exit-idle-time=-1",
+            "-L",
+            "module-native-protocol-unix",
+            "-L",
+            "module-null-sink sink_name=bench_out",
+            "-L",
+            "module-remap-source source_name=bench_mic master=bench_out.monitor",
+        ],
+        env={**env, "HOME": str(runtime)},
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        time.sleep(0.5)
+        yield env
+    finally:
+        subprocess.run(
+            [binary, "--kill"], env={**env, "HOME": str(runtime)}, capture_output=True, timeout=30
+        )
+
+
+def speech_pcm(tmp: Path) -> np.ndarray:
+    """Speech made with espeak-ng at 48 kHz (a tone if espeak-ng is missing)."""
+    path = tmp / "speech.wav"
+    if shutil.which("espeak-ng"):
+        subprocess.run(["espeak-ng", "-w", str(path), SPEECH], check=True, capture_output=True)
+        with wave.open(str(path)) as w:
+            rate = w.getframerate()
+            raw = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        t_out = np.arange(int(len(raw) * SAMPLE_RATE / rate)) / SAMPLE_RATE
+        speech = np.interp(t_out, np.arange(len(raw)) / rate, raw.astype(np.float32))
+        return np.concatenate([speech, np.zeros(SAMPLE_RATE // 2)]).astype(np.int16)
+    t = np.arange(SAMPLE_RATE * 3) / SAMPLE_RATE
+    return (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+
+
+async def play_loop(source: rtc.AudioSource, pcm: np.ndarray) -> None:
+    """Send ``pcm`` over and over in real time, 10 ms frames."""
+    n = SAMPLE_RATE // 100
+    i = 0
+    started = time.monotonic()
+    sent = 0
+    while True:
+        chunk = pcm[i : i + n]
+        if len(chunk) < n:
+            i = 0
+            continue
+        i += n
+        await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, n))
+        sent += n
+        ahead = started + sent / SAMPLE_RATE - time.monotonic()
+        if ahead > 0.03:
+            await asyncio.sleep(ahead - 0.03)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of a process (and its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class App:
+    """One ``softphone`` process in window mode (offscreen)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.launched = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "softphone", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 60) -> float:
+        """Seconds from launch to the window being shown."""
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError(f"softphone exited with {self.proc.returncode}")
+            if "window ready" in line:
+                ready = time.monotonic() - self.launched
+                # Keep draining stderr so the app never blocks on a full pipe.
+                threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+                return ready
+        raise TimeoutError("the window did not appear")
+
+    def stop(self) -> int:
+        """SIGTERM (the app closes its windows and services) and wait."""
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+
+async def measure_call_cpu(
+    server: LocalLiveKitServer, env: dict[str, str], pcm: np.ndarray, seconds: float, room: str
+) -> float:
+    """CPU percent of an agent window in a call with this script as the caller."""
+    app = App(["--role", "agent", "--profile", f"bench-{room}", "--room", room], env)
+    try:
+        app.wait_ready()
+        minter = TokenMinter(api_key=server.api_key, api_secret=server.api_secret)
+        token = minter.mint(role="caller", identity=f"bench-caller-{room}", room=room).token
+        async with RtcSession(url=server.url, token=token) as caller:
+            source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+            await caller.publish_audio(source)
+            player = asyncio.ensure_future(play_loop(source, pcm))
+            try:
+                await caller.wait_for_audio(f"agent-bench-{room}", timeout_s=30)
+                await asyncio.sleep(3.0)  # settle (and, with transcript, load the model)
+                c0, t0 = cpu_seconds(app.proc.pid), time.monotonic()
+                await asyncio.sleep(seconds)
+                c1, t1 = cpu_seconds(app.proc.pid), time.monotonic()
+            finally:
+                player.cancel()
+                await asyncio.gather(player, return_exceptions=True)
+        return 100.0 * (c1 - c0) / (t1 - t0)
+    finally:
+        app.stop()
+
+
+def measure_transfer_stall(env: dict[str, str], home: Path) -> float:
+    """Worst event-loop stall while a warm transfer is clicked through three windows."""
+    code = f"""
+import asyncio, contextlib, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from softphone.app import build_windows
+from softphone.config import load_settings
+from softphone.ui.shell import close_window_resources, run_qt
+
+async def until(cond, t=30):
+    end = time.monotonic() + t
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError
+        await asyncio.sleep(0.05)
+
+worst = [0.0]
+async def main():
+    done = asyncio.Event()
+    async def monitor():
+        while not done.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            worst.append((time.monotonic() - t - 0.01) * 1000)
+    settings = load_settings({{"profile": "bench-stall", "home": {str(home)!r},
+                               "live_transcript": False}})
+    async with contextlib.AsyncExitStack() as stack:
+        caller, a, b = await build_windows(settings, stack, demo=True)
+        for w in (caller, a, b):
+            w.show()
+        await until(lambda: a.call_panel.in_call and caller.call_panel.in_call)
+        await until(lambda: ("agent-b", "available") in a.transfer_panel.agents())
+        mon = asyncio.ensure_future(monitor())
+        a.transfer_panel.target.setText("agent-b")
+        a.transfer_panel.start_btn.click()
+        await until(lambda: b.offer_panel.offer is not None)
+        b.offer_panel.accept_btn.click()
+        await until(lambda: a.transfer_panel.snapshot and a.transfer_panel.snapshot.phase == "consulting")
+        await until(lambda: a.transfer_panel.complete_btn.isEnabled())
+        a.transfer_panel.complete_btn.click()
+        await until(lambda: a.controller.call is None and b.controller.call is not None)
+        await asyncio.sleep(0.5)
+        done.set()
+        await mon
+        for w in (caller, a, b):
+            w.close()
+        for w in (caller, a, b):
+            await close_window_resources(w)
+
+run_qt(main)
+print("STALL", max(worst))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("STALL "):
+            return float(line.split()[1])
+    raise RuntimeError("stall measurement failed:\n" + out.stderr[-2000:])
+
+
+async def run(seconds: float) -> dict[str, float]:
+    """Every measurement; returns the JSON object."""
+    tmp = Path(tempfile.mkdtemp(prefix="softphone-bench-app-"))
+    with private_pulse(tmp) as env:
+        env.update(SOFTPHONE_HOME=str(tmp / "home"), QT_QPA_PLATFORM="offscreen")
+        env["SOFTPHONE_LIVE_TRANSCRIPT"] = "0"
+        for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+            env.pop(var, None)
+        # Startup and idle memory: a fresh process with its own embedded server.
+        app = App(["--role", "agent", "--profile", "bench-idle"], env)
+        startup_ms = app.wait_ready() * 1000
+        await asyncio.sleep(3.0)
+        idle = rss_mb(app.proc.pid)
+        app.stop()
+
+        pcm = speech_pcm(tmp)
+        binary = ensure_server_binary()
+        async with LocalLiveKitServer(binary=binary, log_path=tmp / "lk.log") as server:
+            call_env = {
+                **env,
+                "LIVEKIT_URL": server.url,
+                "LIVEKIT_API_KEY": server.api_key,
+                "LIVEKIT_API_SECRET": server.api_secret.get(),
+            }
+            cpu_off = await measure_call_cpu(server, call_env, pcm, seconds, "bench-off")
+            cpu_on = await measure_call_cpu(
+                server, {**call_env, "SOFTPHONE_LIVE_TRANSCRIPT": "1"}, pcm, seconds, "bench-on"
+            )
+        stall = await asyncio.to_thread(measure_transfer_stall, env, tmp / "home")
+    return {
+        "startup_ms": round(startup_ms, 1),
+        "idle_rss_mb": round(idle, 1),
+        "call_cpu_pct": round(cpu_off, 1),
+        "call_cpu_transcript_pct": round(cpu_on, 1),
+        "max_loop_stall_ms": round(stall, 1),
+    }
+
+
+TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "startup_ms": ("< 2000 ms", lambda v: v < 2000),
+    "idle_rss_mb": ("< 300 MB", lambda v: v < 300),
+    "call_cpu_pct": ("< 10 %", lambda v: v < 10),
+    "call_cpu_transcript_pct": ("(no target)", lambda v: True),
+    "max_loop_stall_ms": ("< 50 ms", lambda v: v < 50),
+}
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seconds", type=float, default=8.0, help="CPU sampling window")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.seconds))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{'measure':<26}{'value':>10}  target")
+    for key, value in result.items():
+        target, ok = TARGETS[key]
+        print(f"{key:<26}{value:>10}  {target} {'ok' if ok(value) else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
