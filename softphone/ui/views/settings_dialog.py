@@ -79,6 +79,7 @@ class SettingsDialog(QDialog):
 
     def _setup_ui(self) -> None:
         self.setWindowTitle(f"Settings — profile {self.settings.profile}")
+        self.setMinimumWidth(560)
         lay = QVBoxLayout(self)
         self.messages = MessageBar()
         lay.addWidget(self.messages)

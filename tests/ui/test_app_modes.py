@@ -1,0 +1,79 @@
+"""The command line's app modes: headless join and clean exit, clear errors for bad use."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ui
+
+
+def _env(home: Path, pulse: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, "SOFTPHONE_HOME": str(home), "SOFTPHONE_LIVE_TRANSCRIPT": "0"}
+    env["XDG_RUNTIME_DIR"] = pulse["XDG_RUNTIME_DIR"]
+    for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+        env.pop(var, None)
+    return env
+
+
+def test_headless_joins_with_the_microphone_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, pulse_audio: dict[str, str]
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "softphone", "--headless", "--role", "caller", "--room", "hl-1"],
+        env=_env(tmp_path, pulse_audio),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "joined hl-1 as caller-default" in line
+        assert "microphone: none" not in line, "the PulseAudio microphone should be used"
+        server_pids = subprocess.run(
+            ["pgrep", "-P", str(proc.pid), "-f", "livekit-server"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert server_pids, "headless mode runs its own embedded server"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        time.sleep(0.5)
+        for pid in server_pids:
+            assert not Path(f"/proc/{pid}").exists(), "the embedded server outlived the app"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--headless"], "--headless needs --room"),
+        (["--theme", "purple"], "invalid choice"),
+        (["--headless", "--room", "bad room!"], "room:"),
+    ],
+)
+def test_bad_use_of_app_modes_is_a_clear_error(
+    tmp_path: Path, pulse_audio: dict[str, str], args: list[str], needle: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "softphone", *args],
+        env=_env(tmp_path, pulse_audio),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr
