@@ -121,17 +121,42 @@ class CallController(EventEmitter[ControllerEvent]):
             await self._record_start(room)
         return call_leg
 
-    async def adopt(self, leg: LegName, session: RtcSession, *, new_call: bool = False) -> CallLeg:
+    async def adopt(
+        self,
+        leg: LegName,
+        session: RtcSession,
+        *,
+        new_call: bool = False,
+        keep_previous: bool = False,
+    ) -> CallLeg:
         """Make a session a transfer helper connected this window's ``leg``.
 
         Args:
             leg: Which leg it becomes.
             session: The connected session (its mic is already published).
             new_call: Record it as a new call (B taking over a transfer).
+            keep_previous: Keep playing the leg it replaces until that session
+                disconnects (make-before-break: the helper leaves the old room
+                once the new one is audible, and the user hears no gap).
         """
         await self.start()
         old = self.legs.pop(leg, None)
-        if old is not None and old.session is not session:
+        if old is not None and old.session is session:
+            old = None
+        if old is not None and keep_previous:
+            previous = f"{leg}-previous"
+            stale = self.legs.pop(previous, None)
+            if stale is not None:
+                await stale.aclose()
+            self.legs[previous] = old
+
+            def release(_reason: object, old: CallLeg = old) -> None:
+                if self.legs.get(previous) is old:
+                    del self.legs[previous]
+                    asyncio.get_running_loop().create_task(old.aclose())
+
+            old.session.on("disconnected", release)
+        elif old is not None:
             await old.aclose()
             self.emit("leg_closed", leg)
         call_leg = await CallLeg(devices=self.devices, session=session, muted=self.muted).adopt()

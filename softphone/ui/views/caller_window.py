@@ -6,6 +6,7 @@ from typing import Any
 
 from PySide6.QtWidgets import QLabel
 
+from softphone.media.session import RtcSession
 from softphone.services.transfer_participants import CallerMover, Moved
 from softphone.ui.async_slot import run_task
 from softphone.ui.context import AppContext
@@ -72,6 +73,7 @@ class CallerWindow(RoleWindow):
             if self.mover is None or self.mover.session is not call.session:
                 mic = self.controller.devices.mic
                 self.mover = CallerMover(session=call.session, mic=mic.source if mic else None)
+                self.mover.on("joined", self._on_mover_joined)
                 self.mover.on("moved", self._on_moved)
             self._update_hold()
         elif source == "controller" and name == "leg_closed" and payload == "call":
@@ -82,8 +84,13 @@ class CallerWindow(RoleWindow):
             self.event_log.add("call", f"moved to {payload.room} (transfer)")
             self.show_info("You are now talking with the next agent.")
 
+    def _on_mover_joined(self, session: RtcSession) -> None:
+        # Make-before-break: the mover joined the new room and publishes there;
+        # play it now, and keep playing the old room until the mover leaves it.
+        run_task(self.controller.adopt("call", session, keep_previous=True), report=self.show_error)
+
     def _on_moved(self, moved: Moved) -> None:
-        # Make-before-break already happened in the mover: the new session is
-        # connected and publishing; play it and forget the old leg.
         self.bridge.event.emit("mover", "moved", moved)
-        run_task(self.controller.adopt("call", moved.session), report=self.show_error)
+        call = self.controller.call
+        if call is None or call.session is not moved.session:
+            run_task(self.controller.adopt("call", moved.session), report=self.show_error)

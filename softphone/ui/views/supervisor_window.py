@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from livekit import rtc
@@ -18,7 +19,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from softphone.errors import ConfigError, MediaError
+from softphone.domain.events import EventEmitter
+from softphone.errors import ConfigError, MediaError, SoftphoneError
+from softphone.media.call_leg import CallLeg
+from softphone.media.session import RemoteAudio
 from softphone.ui.async_slot import run_task
 from softphone.ui.context import AppContext
 from softphone.ui.views.call_controller import CallController
@@ -50,6 +54,37 @@ class SupervisorController:
         self.context = calls.context
         self.mode: Mode | None = None
         self.room: str | None = None
+        self.events: EventEmitter[Literal["segment", "transcript_error"]] = EventEmitter()
+        self._live: Any | None = None
+        self._offs: list[Callable[[], None]] = []
+
+    async def _start_transcript(self, leg: CallLeg) -> None:
+        """Transcribe the monitored room's speakers live (when the setting is on)."""
+        from softphone.speech.live_transcriber import LiveTranscriber
+
+        live = LiveTranscriber.from_settings(self.context.settings)
+        live.on("segment", lambda seg: self.events.emit("segment", seg))
+        live.on("error", lambda e: self.events.emit("transcript_error", e))
+        try:
+            await live.start()
+        except SoftphoneError as exc:
+            self.events.emit("transcript_error", exc)
+            await live.aclose()
+            return
+        self._live = live
+        for p in leg.session.room.remote_participants.values():
+            for pub in p.track_publications.values():
+                if isinstance(pub.track, rtc.RemoteAudioTrack):
+                    live.add_remote(RemoteAudio(p.identity, pub.track, pub.sid))
+        self._offs.append(leg.session.on("remote_audio", live.add_remote))
+
+    async def _stop_transcript(self) -> None:
+        for off in self._offs:
+            off()
+        self._offs.clear()
+        live, self._live = self._live, None
+        if live is not None:
+            await live.aclose()
 
     async def rooms(self) -> list[tuple[str, list[str], float]]:
         """Active rooms with their visible participants and age in seconds."""
@@ -93,11 +128,19 @@ class SupervisorController:
         if mode in ("whisper", "barge"):
             await leg.publish_mic()
         self.mode, self.room = mode, room
+        await self._stop_transcript()
+        if self.context.settings.live_transcript:
+            await self._start_transcript(leg)
 
     async def stop(self) -> None:
         """Leave the monitored room."""
+        await self._stop_transcript()
         await self.calls.leave("monitor")
         self.mode = self.room = None
+
+    async def aclose(self) -> None:
+        """Stop the transcript (the call controller closes the leg)."""
+        await self._stop_transcript()
 
 
 class SupervisorWindow(RoleWindow):
@@ -112,8 +155,10 @@ class SupervisorWindow(RoleWindow):
         super().__init__(context=context, title="Supervisor")
         self.controller = CallController(context=context, role="supervisor")
         self.supervisor = SupervisorController(calls=self.controller)
-        self.closables.append(self.controller)
+        self.closables += [self.controller, self.supervisor]
         self._setup_ui()
+        self.bridge.attach("supervisor", self.supervisor.events, ("segment", "transcript_error"))
+        self.bridge.event.connect(self._on_event)
         self._timer = QTimer(self)
         self._timer.setInterval(int(refresh_s * 1000))
         self._timer.timeout.connect(self.refresh)
@@ -223,6 +268,15 @@ class SupervisorWindow(RoleWindow):
         self.status.setText("Not monitoring")
         self.event_log.add("monitor", "stopped")
         self.buttons["leave"].setEnabled(False)
+
+    def _on_event(self, source: str, name: str, payload: Any) -> None:
+        if source != "supervisor":
+            return
+        if name == "segment":
+            self.transcript.add_segment(payload)
+        elif name == "transcript_error":
+            message = payload.message if isinstance(payload, SoftphoneError) else str(payload)
+            self.event_log.add("transcript", f"live transcript problem: {message}")
 
     def _on_meter_tick(self) -> None:
         self.level.set_level(self.controller.devices.speaker.levels.level)
