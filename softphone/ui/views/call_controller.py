@@ -112,8 +112,8 @@ class CallController(EventEmitter[ControllerEvent]):
             )
             try:
                 await call_leg.connect()
-            except Exception:
-                await call_leg.aclose()
+            except BaseException:  # failed or cancelled by the user: leave nothing behind
+                await asyncio.shield(call_leg.aclose())
                 raise
             self.legs[leg] = call_leg
         self.emit("leg_opened", leg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -80,6 +81,7 @@ class CallPanel(QWidget):
         self._report = report
         self._quality = ""
         self._end_expected = False
+        self._joining: asyncio.Task[Any] | None = None
         self._setup_ui(room_editable)
         bridge.event.connect(self._on_event)
         bridge.attach(
@@ -218,17 +220,28 @@ class CallPanel(QWidget):
             self._report(exc.message)
             return
         self.join_btn.setEnabled(False)
+        # Joining can take seconds on a bad network: Leave cancels it meanwhile.
+        self.leave_btn.setEnabled(True)
+        self.leave_btn.setText("Ca&ncel")
         self._set_status(f"Connecting to {room}…")
         task = run_task(self.controller.join(room), report=self._report, what="join")
+        self._joining = task
         task.add_done_callback(lambda t: self._on_join_done(t.cancelled() or t.exception()))
 
     def _on_join_done(self, failed: Any) -> None:
+        self._joining = None
+        self.leave_btn.setText("&Leave")
         if failed:
             self.join_btn.setEnabled(True)
+            self.leave_btn.setEnabled(False)
             self._set_status("Not connected")
 
     def _on_leave_clicked(self) -> None:
         self.leave_btn.setEnabled(False)
+        if self._joining is not None and not self._joining.done():
+            self._joining.cancel()
+            self._log.add("room", "joining cancelled")
+            return
         run_task(self.controller.leave(), report=self._report, what="leave")
 
     def _on_mute_toggled(self, muted: bool) -> None:
