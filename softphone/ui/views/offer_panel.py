@@ -79,7 +79,7 @@ class OfferPanel(QWidget):
         self.reason.clear()
         self.headline.setText(
             f"{offer.from_agent} offers you a {MODE_TEXT.get(offer.mode, offer.mode)} "
-            f"of caller {offer.caller}."
+            f"of the call with {offer.caller}."
         )
         self.summary.set_card(offer.summary)
         if offer.summary is None:
