@@ -43,6 +43,7 @@ from softphone.errors import (
     TransferError,
     ValidationError,
 )
+from softphone.services.history import HistoryStore
 from softphone.services.room_admin import RoomAdmin
 from softphone.services.token_minter import TokenMinter
 from softphone.services.transfer_orchestrator import TransferOrchestrator
@@ -296,6 +297,8 @@ def _routes(
         identity = body.get("identity", who.identity)
         role = body.get("role", who.role)
         room = body.get("room")
+        if not isinstance(room, str):
+            raise ValidationError("room", "is required")
         if role not in ("agent", "caller"):
             raise ValidationError("role", "must be caller or agent")
         same(who, identity, "identity")
@@ -338,6 +341,8 @@ def _routes(
 async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrator]:
     """The orchestrator and its dependencies, built from settings, closed at the end.
 
+    The chain of custody goes to the backend profile's history database.
+
     Raises:
         ConfigError: No LiveKit URL, key or secret.
     """
@@ -349,9 +354,13 @@ async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrato
     minter = TokenMinter(
         api_key=settings.livekit_api_key, api_secret=secret, default_ttl_s=settings.token_ttl_s
     )
-    async with RoomAdmin(
-        url=settings.livekit_url, api_key=settings.livekit_api_key, api_secret=secret
-    ) as rooms:
+    settings.ensure_dirs()
+    async with (
+        RoomAdmin(
+            url=settings.livekit_url, api_key=settings.livekit_api_key, api_secret=secret
+        ) as rooms,
+        HistoryStore(settings.history_path) as history,
+    ):
         service = TransferOrchestrator(
             url=settings.livekit_url,
             rooms=rooms,
@@ -361,6 +370,7 @@ async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrato
             lobby_room=settings.lobby_room,
             offer_timeout_s=settings.offer_timeout_s,
             move_timeout_s=settings.move_timeout_s,
+            history=history,
         )
         async with service:
             yield service

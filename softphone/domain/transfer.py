@@ -70,7 +70,7 @@ def validate_mode(mode: object) -> Mode:
     """Return ``mode`` if it is a transfer mode, else raise ValidationError."""
     if mode not in MODES:
         raise ValidationError("mode", f"must be one of {', '.join(MODES)}")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def consults(mode: Mode) -> bool:
@@ -203,13 +203,13 @@ class TransferSnapshot:
 def _phase(value: object) -> Phase:
     if value not in PHASES:
         raise ValidationError("phase", f"must be one of {', '.join(PHASES)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _reason(value: object) -> ReasonCode:
     if value not in REASONS:
         raise ValidationError("reason", f"must be one of {', '.join(REASONS)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 class Transfer:

@@ -41,6 +41,8 @@ SessionEvent = Literal[
 ]
 
 SAMPLE_RATE = 48000
+# Connects given up on (timeout, cancellation) that still run to completion.
+_ABANDONED: set[asyncio.Future[None]] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,11 +241,21 @@ class RtcSession(EventEmitter[SessionEvent]):
         Raises:
             MediaError: The server refused the token or could not be reached.
         """
+        # Never cancel room.connect() itself: cancelled between the SDK's
+        # connect callback and its ready-for-events request, the FFI waits
+        # for that request, times out and panics (SIGTERM to the process).
+        # On timeout or cancellation it finishes in the background and the
+        # room is left right after.
+        connecting = asyncio.ensure_future(
+            self.room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=True))
+        )
         try:
-            await asyncio.wait_for(
-                self.room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=True)),
-                self._timeout,
-            )
+            try:
+                await asyncio.wait_for(asyncio.shield(connecting), self._timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                _ABANDONED.add(connecting)
+                connecting.add_done_callback(self._leave_abandoned)
+                raise
         except (rtc.ConnectError, TimeoutError) as exc:
             text = str(exc).lower()
             retryable = isinstance(exc, TimeoutError) or "timeout" in text
@@ -259,6 +271,13 @@ class RtcSession(EventEmitter[SessionEvent]):
                     self._remote[pub.sid] = RemoteAudio(p.identity, track, pub.sid)
         self.emit("connected")
         return self
+
+    def _leave_abandoned(self, connecting: asyncio.Future[None]) -> None:
+        _ABANDONED.discard(connecting)
+        if not connecting.cancelled() and connecting.exception() is None:
+            task = asyncio.ensure_future(self.room.disconnect())
+            _ABANDONED.add(task)
+            task.add_done_callback(_ABANDONED.discard)
 
     async def publish_audio(self, source: rtc.AudioSource, *, name: str = "microphone") -> None:
         """Publish ``source`` as this participant's microphone track.

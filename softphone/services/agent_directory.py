@@ -23,7 +23,7 @@ def _entry(p: ParticipantInfo) -> AgentEntry:
     return AgentEntry(
         identity=p.identity,
         name=p.name or p.identity,
-        presence=presence if presence in PRESENCES else "away",  # type: ignore[arg-type]
+        presence=presence if presence in PRESENCES else "away",
     )
 
 

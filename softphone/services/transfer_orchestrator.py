@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from livekit import rtc
 
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 HOLD_FREQ_HZ = 330.0
 # While the caller moves: how often the rooms are checked, and how long the
 # caller may stay in R1 after arriving in R2 before R1 is closed anyway.
-MOVE_POLL_S = 0.05
+MOVE_POLL_S = 0.1
 MOVE_LEAVE_GRACE_S = 2.0
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
 _WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
@@ -491,19 +491,22 @@ class TransferOrchestrator(TransferService):
         await self._step(run, "completing")
         t.set_strategy("move_caller")
         grant = self._grant("caller", t.caller, t.new_room)
-        moved = False
         try:
-            await self._rooms.perform_rpc(
+            answer = await self._rooms.perform_rpc(
                 t.call_room,
                 t.caller,
                 RPC_MOVE,
                 json.dumps(grant.to_dict()),
                 response_timeout_s=self._move_timeout_s,
             )
-            moved = await self._await_move(t)
+            outcome = await self._await_move(t, joined=answer == "moved")
         except SoftphoneError as exc:
             log.info("caller cannot move; bringing the agent", extra={"error": exc.message})
-        if moved:
+            outcome = "stuck"
+        if outcome == "gone":
+            await self._end(run, EndReason("caller_left", "while moving"))
+            return
+        if outcome == "moved":
             await self._stop_hold(run)
             if t.mode == "warm_intro":
                 run.intro_moved = True
@@ -513,21 +516,36 @@ class TransferOrchestrator(TransferService):
             return
         await self._bring_agent(run)
 
-    async def _await_move(self, t: Transfer) -> bool:
-        """Wait for the caller to be in R2 (and, briefly, to have left R1 itself)."""
-        deadline = time.monotonic() + self._move_timeout_s
-        arrived: float | None = None
+    async def _await_move(self, t: Transfer, *, joined: bool) -> Literal["moved", "stuck", "gone"]:
+        """Wait for the caller to be in R2 and, briefly, to have left R1 itself.
+
+        Args:
+            t: The transfer.
+            joined: The caller's app answered that it is in R2 already.
+
+        Returns:
+            ``moved``; ``stuck`` if the caller never showed up in R2 (its app
+            did not obey); ``gone`` if it is in neither room (it hung up).
+        """
+        started = time.monotonic()
+        deadline = started + self._move_timeout_s
+        arrived: float | None = started if joined else None
         while time.monotonic() < deadline:
-            in_r2 = t.caller in await self._present(t.new_room)
-            if in_r2 and arrived is None:
-                arrived = time.monotonic()
-            if in_r2 and (
-                t.caller not in await self._present(t.call_room)
-                or time.monotonic() - arrived > MOVE_LEAVE_GRACE_S  # type: ignore[operator]
+            now = time.monotonic()
+            if arrived is None:
+                if t.caller in await self._present(t.new_room):
+                    arrived = now
+                elif now - started > MOVE_LEAVE_GRACE_S and t.caller not in await self._present(
+                    t.call_room
+                ):
+                    return "gone"
+            if arrived is not None and (
+                now - arrived > MOVE_LEAVE_GRACE_S
+                or t.caller not in await self._present(t.call_room)
             ):
-                return True
+                return "moved"
             await asyncio.sleep(MOVE_POLL_S)
-        return arrived is not None
+        return "moved" if arrived is not None else "stuck"
 
     async def _bring_agent(self, run: _Run) -> None:
         t = run.transfer
@@ -629,14 +647,23 @@ class TransferOrchestrator(TransferService):
         """Notice the caller hanging up and B leaving the consult."""
         t = run.transfer
         misses = 0
-        while t.phase in ("preparing", "offering", "consulting") or (
-            t.phase == "completing" and run.intro_moved
-        ):
+        while t.active:
             await asyncio.sleep(self._poll_s)
+            if t.phase == "completing" and not run.intro_moved:
+                continue  # the caller is between rooms; the move itself watches it
             try:
                 if t.phase in _WATCHED and t.caller not in await self._present(t.call_room):
                     async with run.lock:
                         if t.phase in _WATCHED:
+                            await self._end(run, EndReason("caller_left"))
+                    return
+                if (
+                    t.phase == "completing"
+                    and run.intro_moved
+                    and t.caller not in await self._present(t.new_room)
+                ):
+                    async with run.lock:
+                        if t.phase == "completing":
                             await self._end(run, EndReason("caller_left"))
                     return
                 if t.phase == "consulting" and t.to_agent not in await self._present(t.new_room):

@@ -221,7 +221,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
                 AgentEntry(
                     identity=p.identity,
                     name=p.name or p.identity,
-                    presence=presence if presence in PRESENCES else "away",  # type: ignore[arg-type]
+                    presence=presence if presence in PRESENCES else "away",
                 )
             )
         return sorted(out, key=lambda a: a.identity)
@@ -288,15 +288,16 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         except MediaError as exc:
             raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
         self.call_session = new
-        await _first_audio(new, 1.0)
-        self._tasks.spawn(self._close_later(old))
+        self._tasks.spawn(self._close_when_audible(old, new))
         self.emit("moved", Moved(grant.room, new, time.monotonic() - started))
         return "joined"
 
     @staticmethod
-    async def _close_later(session: RtcSession | None) -> None:
-        if session is not None:
-            await session.aclose()
+    async def _close_when_audible(old: RtcSession | None, new: RtcSession) -> None:
+        # Answer the instruction first, leave the old room once the new one is audible.
+        await _first_audio(new, 1.0)
+        if old is not None:
+            await old.aclose()
 
     async def leave_call(self) -> None:
         """Leave the current call room and become available again."""
@@ -358,11 +359,21 @@ class CallerMover(EventEmitter[CallerEvent]):
         session.register_rpc(RPC_MOVE, self._on_move)
 
     async def _on_move(self, inv: rtc.RpcInvocationData) -> str:
-        # Answer at once and move in the background: the answer must not
-        # depend on the room it is sent from staying connected.
         grant = _parse_grant(inv.payload)
-        self._tasks.spawn(self._move_quietly(grant))
-        return "moving"
+        if self._strategy == "break_before_make":
+            # The answer cannot come from a room already left: answer first.
+            self._tasks.spawn(self._move_quietly(grant))
+            return "moving"
+        # Make-before-break: answer once in the new room and publishing there
+        # (the service then knows without polling), and leave the old room
+        # in the background once the new one is audible.
+        started = time.monotonic()
+        try:
+            new = await self._enter(grant)
+        except MediaError as exc:
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        self._tasks.spawn(self._leave_old(grant, new, started))
+        return "moved"
 
     async def _move_quietly(self, grant: TokenGrant) -> None:
         try:
@@ -370,32 +381,38 @@ class CallerMover(EventEmitter[CallerEvent]):
         except MediaError:
             log.warning("caller could not move; staying in the call room")
 
-    async def move_to(self, grant: TokenGrant) -> RtcSession:
-        """Move to ``grant.room`` with the configured strategy.
+    async def _enter(self, grant: TokenGrant) -> RtcSession:
+        new = await _join(grant, self._mic)
+        new.register_rpc(RPC_MOVE, self._on_move)
+        self.emit("joined", new)
+        return new
 
-        Raises:
-            MediaError: The new room could not be joined; the caller stays in the old one.
-        """
+    async def _leave_old(self, grant: TokenGrant, new: RtcSession, started: float) -> RtcSession:
         old = self.session
-        started = time.monotonic()
-        if self._strategy == "break_before_make":
-            await old.aclose()
-            new = await _join(grant, self._mic)
-            self.emit("joined", new)
-        else:
-            new = await _join(grant, self._mic)
-            self.emit("joined", new)
+        if self._strategy == "make_before_break":
             # Leave only once the new room is audible (or after a short cap),
             # so the caller hears no gap.
             await _first_audio(new, self._audible_timeout_s)
-            await old.aclose()
-        new.register_rpc(RPC_MOVE, self._on_move)
+        await old.aclose()
         self.session = new
         moved = Moved(grant.room, new, time.monotonic() - started)
         self.moves.append(moved)
         log.info("caller moved", extra={"room": grant.room, "ms": round(moved.gap_s * 1000)})
         self.emit("moved", moved)
         return new
+
+    async def move_to(self, grant: TokenGrant) -> RtcSession:
+        """Move to ``grant.room`` with the configured strategy.
+
+        Raises:
+            MediaError: The new room could not be joined; the caller stays in
+                the old one (make-before-break) or is in no room (naive).
+        """
+        started = time.monotonic()
+        if self._strategy == "break_before_make":
+            await self.session.aclose()
+        new = await self._enter(grant)
+        return await self._leave_old(grant, new, started)
 
     async def aclose(self) -> None:
         """Hang up: leave the current room."""
@@ -436,7 +453,7 @@ class AgentCall(EventEmitter[AgentCallEvent]):
         self.ticket: TransferTicket | None = None
         self.last: TransferSnapshot | None = None
         self._tasks = _Tasks()
-        self._lock = asyncio.Lock()
+        self._joining = False
         session.on("data", self._on_data)
 
     async def transfer(
@@ -480,26 +497,37 @@ class AgentCall(EventEmitter[AgentCallEvent]):
         self._tasks.spawn(self._apply(snap))
 
     async def _apply(self, snap: TransferSnapshot) -> None:
-        async with self._lock:
-            if self.last is not None and (
-                self.last.transfer_id == snap.transfer_id and self.last.version >= snap.version
-            ):
-                return
-            self.last = snap
-            self.emit("transfer_changed", snap)
-            if snap.phase == "consulting" and self.consult is None:
-                token = self.ticket.consult_token if self.ticket else None
-                if token is not None:
-                    try:
-                        self.consult = await _join(token, self._mic)
-                        self.emit("consult_joined", self.consult)
-                    except MediaError:
-                        log.warning("could not join the consult leg")
-            elif snap.phase == "returned":
-                self.session.set_muted(False)
-                await self._leave_consult()
-            elif snap.phase in ("completed", "ended"):
-                await self._leave_consult()
+        last = self.last
+        same = last is not None and last.transfer_id == snap.transfer_id
+        if same and last is not None and last.version >= snap.version:
+            return  # status messages may arrive out of order
+        self.last = snap
+        self.emit("transfer_changed", snap)
+        if snap.phase == "consulting" and self.consult is None and not self._joining:
+            token = self.ticket.consult_token if self.ticket else None
+            if token is not None:
+                # Joining takes a moment; later changes (a cancel) must not wait for it.
+                self._joining = True
+                self._tasks.spawn(self._join_consult(token))
+        elif snap.phase == "returned":
+            self.session.set_muted(False)
+            await self._leave_consult()
+        elif snap.phase in ("completed", "ended"):
+            await self._leave_consult()
+
+    async def _join_consult(self, token: TokenGrant) -> None:
+        try:
+            session = await _join(token, self._mic)
+        except MediaError:
+            log.warning("could not join the consult leg")
+            return
+        finally:
+            self._joining = False
+        if self.last is None or self.last.phase not in ("consulting", "completing"):
+            await session.aclose()  # the transfer ended while joining
+            return
+        self.consult = session
+        self.emit("consult_joined", session)
 
     async def _leave_consult(self) -> None:
         consult, self.consult = self.consult, None

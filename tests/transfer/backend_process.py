@@ -108,7 +108,7 @@ class BackendProcess:
             "--offer-timeout",
             str(self._offer_timeout_s),
             "--move-timeout",
-            "5",
+            "8",
             *self._extra_args,
         ]
         with open(self.log_path, "ab") as log:

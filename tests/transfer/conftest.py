@@ -77,7 +77,7 @@ async def embedded_env(
             fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
             lobby_room="lobby-embedded",
             offer_timeout_s=OFFER_TIMEOUT_S,
-            move_timeout_s=5.0,
+            move_timeout_s=8.0,
         )
         async with service:
             yield TransferEnv(

@@ -5,11 +5,10 @@ Each test runs against the embedded service and the backend under uvicorn.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from softphone.domain.transfer import TransferSnapshot
+from softphone.errors import SoftphoneError
 from softphone.services.room_admin import RoomAdmin
 from tests.transfer.conftest import (
     A_HZ,
@@ -93,25 +92,32 @@ async def test_a_cancels(transfer_env: TransferEnv, room_admin: RoomAdmin) -> No
         await _back_with_a(call, room_admin, snap)
 
 
-@pytest.mark.parametrize("phase", ["offering", "consulting"])
+@pytest.mark.parametrize("phase", ["offering", "consulting", "completing"])
 async def test_caller_hangs_up(
     transfer_env: TransferEnv, room_admin: RoomAdmin, phase: str
 ) -> None:
+    # "completing": a warm_intro transfer, caller already in R2 with A and B.
+    # (Hanging up while preparing is in test_transfer_degraded.py: it needs a slow summarizer.)
+    mode = "warm_intro" if phase == "completing" else "warm"
     async with open_call(transfer_env, prefix=f"hangup-{phase}") as call:
-        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        ticket = await call.a_call.transfer(
+            caller=call.caller.identity, to_agent=call.b.identity, mode=mode
+        )
         offer = await call.next_offer()
-        if phase == "consulting":
+        if phase != "offering":
             await call.b_lobby.accept(offer.transfer_id)
             await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
-        await call.caller_session.aclose()
+        if phase == "completing":
+            snap = await call.a_service.complete(ticket.transfer_id, agent=call.a.identity)
+            assert snap.phase == "completing"
+        await call.caller_now.aclose()
         snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["ended"])
         assert snap.reason is not None and snap.reason.code == "caller_left"
         if phase == "offering":
             # The offer is withdrawn at once: B is never sent into an empty room.
             await eventually(lambda: _true(ticket.transfer_id in call.withdrawn))
-            with pytest.raises(Exception) as info:
+            with pytest.raises(SoftphoneError) as info:
                 await call.b_lobby.accept(offer.transfer_id)
-            assert getattr(info.value, "code", "") in ("transfer_error",)
+            assert info.value.code == "transfer_error"
         await eventually(lambda: _not(room_exists(room_admin, call.room)))
         await eventually(lambda: _not(room_exists(room_admin, ticket.new_room)))
-        await asyncio.sleep(0)

@@ -48,12 +48,12 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         assert offer.transfer_id == ticket.transfer_id
         assert offer.summary is not None and offer.summary.reason
         assert not offer.summary.fallback
-        # On hold: the caller hears the hold tone, not A.
+        b_session = await call.b_lobby.accept(offer.transfer_id)
+        snap = await a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        # On hold (offering and consulting): the caller hears the hold tone, not A.
         assert await hears(call.caller_session, f"hold-{ticket.transfer_id}", HOLD_HZ) > HEARD
         assert call.a_call.session.muted
         assert await silent(call.caller_session, call.a.identity, A_HZ)
-        b_session = await call.b_lobby.accept(offer.transfer_id)
-        snap = await a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
         meta = json.loads(b_session.room.metadata)
         assert meta["summary"]["reason"] == offer.summary.reason
         # Consult leg: A and B hear each other in R2.
