@@ -103,6 +103,7 @@ def test_warm_transfer_by_clicking_through_three_windows(
                         and b.controller.call.room_name == new_room
                         and a.controller.call is None
                         and not a.controller.legs
+                        and a.transfer_panel.snapshot.phase == "completed"
                     ),
                     30,
                     "caller and B together in R2, A gone",
