@@ -58,9 +58,13 @@ def to_16k(samples: np.ndarray[Any, Any], sample_rate: int) -> np.ndarray[Any, A
     if sample_rate % SAMPLE_RATE == 0:  # 48 kHz: average groups of 3 (a simple low-pass)
         k = sample_rate // SAMPLE_RATE
         n = len(x) // k * k
-        return x[:n].reshape(-1, k).mean(axis=1)
+        averaged: np.ndarray[Any, Any] = x[:n].reshape(-1, k).mean(axis=1)
+        return averaged
     n_out = round(len(x) * SAMPLE_RATE / sample_rate)
-    return np.interp(np.linspace(0, len(x) - 1, n_out), np.arange(len(x)), x).astype(np.float32)
+    resampled: np.ndarray[Any, Any] = np.interp(
+        np.linspace(0, len(x) - 1, n_out), np.arange(len(x)), x
+    ).astype(np.float32)
+    return resampled
 
 
 @dataclasses.dataclass
@@ -152,7 +156,9 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
     ) -> None:
         super().__init__()
         self._engine = engine
-        self._engine_options = {"model": model, "device": device, "compute_type": compute_type}
+        self._load = functools.partial(
+            shared_engine, model=model, device=device, compute_type=compute_type
+        )
         self._history = history
         self._call_id = call_id
         self._clock = clock
@@ -180,6 +186,11 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         self._spec_seq = 0
         self._spec_state: dict[int, str] = {}  # token -> pending | confirmed | dropped
         self._spec_results: dict[int, TranscriptSegment] = {}
+        # Seconds of model time per second of audio, smoothed. Partials are
+        # only worth their cost while they are cheap: on a busy CPU they would
+        # delay the finals, so they stop until recognition is fast again.
+        self._cost_per_s = 0.1
+        self.partial_budget_s = 0.4
         self.busy_s = 0.0  # seconds the model spent recognising (real-time factor, diagnostics)
         self.jobs_done = 0  # recognitions run (partials and finals)
 
@@ -215,9 +226,8 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
             ConfigError: The bundled model is missing.
         """
         if self._engine is None:
-            options = self._engine_options
             loop = asyncio.get_running_loop()
-            self._engine = await loop.run_in_executor(self._pool, lambda: shared_engine(**options))
+            self._engine = await loop.run_in_executor(self._pool, self._load)
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="live-stt-worker")
         return self
@@ -365,6 +375,7 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
             self._partials
             and voiced  # a pause may be the end: then the final is due, not a partial
             and st.utt_frames - st.frames_at_partial >= self._partial_frames
+            and self._cost_per_s * st.utt_frames * FRAME / SAMPLE_RATE <= self.partial_budget_s
             and not self._busy
             and self._queue.empty()
         ):
@@ -459,7 +470,10 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
             return
         finally:
             self._busy = False
-            self.busy_s += time.monotonic() - began
+            took = time.monotonic() - began
+            self.busy_s += took
+            cost = took / max(1.0, len(job.audio) / SAMPLE_RATE)
+            self._cost_per_s = 0.7 * self._cost_per_s + 0.3 * cost
             self.jobs_done += 1
         seg = TranscriptSegment(
             speaker=job.speaker,
@@ -509,7 +523,12 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         return task
 
     async def flush(self) -> None:
-        """Finalize every utterance in progress and wait until all are transcribed and stored."""
+        """Finalize every utterance in progress and wait until all are transcribed and stored.
+
+        Does nothing before :meth:`start` (no model, so nothing can be transcribed).
+        """
+        if self._worker is None:
+            return
         for st in self._speakers.values():
             if st.rest.size:
                 pad = np.zeros(FRAME - st.rest.size, np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from softphone.domain.transcript import TranscriptSegment
@@ -35,7 +36,9 @@ class LocalStt(BatchStt):
         engine: WhisperEngine | None = None,
     ) -> None:
         super().__init__(timeout_s=timeout_s)
-        self._options = {"model": model, "device": device, "compute_type": compute_type}
+        self._load = functools.partial(
+            shared_engine, model=model, device=device, compute_type=compute_type
+        )
         self.beam_size = beam_size
         self._engine = engine
 
@@ -43,7 +46,7 @@ class LocalStt(BatchStt):
         self, path: Path, speaker: str, speaker_map: dict[str, str], leg: str
     ) -> Transcript:
         def run() -> Transcript:
-            engine = self._engine or shared_engine(**self._options)
+            engine = self._engine or self._load()
             self._engine = engine
             pieces, duration = engine.transcribe(str(path), beam_size=self.beam_size, vad=True)
             segs = tuple(

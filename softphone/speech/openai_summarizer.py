@@ -19,7 +19,7 @@ import openai
 from softphone.config import Secret
 from softphone.domain.summary import SENTIMENTS, SummaryCard
 from softphone.domain.transcript import TranscriptSegment, as_text
-from softphone.errors import ConfigError, SoftphoneError, SpeechError, ValidationError
+from softphone.errors import ConfigError, SpeechError, ValidationError
 from softphone.speech.openai_errors import speech_error_from_openai
 from softphone.speech.summarizer import Summarizer
 
@@ -158,23 +158,23 @@ class OpenAISummarizer(Summarizer):
         ) from last
 
     async def _complete(self, messages: list[dict[str, str]]) -> str | None:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": 0.0,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "summary_card", "schema": CARD_SCHEMA, "strict": True},
+            },
+        }
         try:
-            resp = await self._client.chat.completions.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=0.0,
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": "summary_card", "schema": CARD_SCHEMA, "strict": True},
-                },
-            )
+            resp = await self._client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
             raise speech_error_from_openai(exc, "openai summarizer") from exc
-        except SoftphoneError:
-            raise
         if not resp.choices:
             return None
-        return resp.choices[0].message.content
+        content = resp.choices[0].message.content
+        return content if isinstance(content, str) else None
 
     async def aclose(self) -> None:
         """Close the HTTP client."""
