@@ -34,7 +34,7 @@ _ID_KINDS = {
 }
 _ID_RE = re.compile(
     r"\b(?P<kind>" + "|".join(_ID_KINDS) + r")"
-    r"(?:\s+(?:number|no\.?|id|code|#))?(?:\s+(?:is|was|of|ending\s+in))?[\s:#]*"
+    r"(?:\s+(?:number|no\.?|id|code|#))?(?:\s+(?:is|was|of|in|ending\s+in))?[\s:#]*"
     r"(?P<value>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{2,}(?:\s[0-9]{2,})*)\b",
     re.IGNORECASE,
 )
@@ -168,6 +168,8 @@ def extract_facts(text: str) -> list[str]:
     Labels are ``Name``, ``Account``/``Order``/... (identifiers), ``Amount``,
     ``Date``, ``Phone`` and ``Email``.
     """
+    # Speech recognisers write long numbers with thousands separators ("58,213").
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
     found: list[tuple[int, str]] = []
     seen: set[str] = set()
     ids: set[str] = set()

@@ -288,6 +288,10 @@ def wer(ref: str, hyp: str) -> float:
 
 
 def fact_recall(facts: tuple[str, ...] | list[str], rendered_card: str) -> float:
-    """Share of ``facts`` found (case-insensitively) in a card's text rendering."""
-    text = rendered_card.lower()
-    return sum(f.lower() in text for f in facts) / max(1, len(facts))
+    """Share of ``facts`` found in a card's text rendering.
+
+    Both sides are normalised as for WER, so ``$49.99`` holds the fact
+    ``49 dollars`` and ``March 3`` the fact ``March 3rd``.
+    """
+    text = f" {' '.join(normalize(rendered_card))} "
+    return sum(f" {' '.join(normalize(f))} " in text for f in facts) / max(1, len(facts))

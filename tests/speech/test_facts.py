@@ -16,6 +16,8 @@ pytestmark = pytest.mark.unit
         ("This is Noah Miller.", "Name: Noah Miller"),
         ("The account number is 7730412.", "Account: 7730412"),
         ("It is order 30576.", "Order: 30576"),
+        ("My customer number is 662,094.", "Customer: 662094"),  # as recognisers write it
+        ("The claim number in 88120.", "Claim: 88120"),  # "is" misheard as "in"
         ("I opened ticket 47315 for you.", "Ticket: 47315"),
         ("The tracking number is SP40917.", "Tracking: SP40917"),
         ("Your reference is DC5521.", "Reference: DC5521"),
