@@ -209,7 +209,7 @@ from softphone.app import build_windows
 from softphone.config import load_settings
 from softphone.ui.shell import close_window_resources, run_qt
 
-async def until(cond, t=30):
+async def until(cond, t=90):
     end = time.monotonic() + t
     while not cond():
         if time.monotonic() > end:
@@ -233,6 +233,7 @@ async def main():
         await until(lambda: a.call_panel.in_call and caller.call_panel.in_call)
         await until(lambda: ("agent-b", "available") in a.transfer_panel.agents())
         mon = asyncio.ensure_future(monitor())
+        print("PHASE transfer", flush=True)
         a.transfer_panel.target.setText("agent-b")
         a.transfer_panel.start_btn.click()
         await until(lambda: b.offer_panel.offer is not None)
@@ -249,7 +250,11 @@ async def main():
         for w in (caller, a, b):
             await close_window_resources(w)
 
-run_qt(main)
+try:
+    run_qt(main)
+except BaseException as exc:
+    print("STALL-ERROR", repr(exc), flush=True)
+    raise
 print("STALL", max(worst))
 """
     out = subprocess.run(
@@ -258,7 +263,7 @@ print("STALL", max(worst))
     for line in out.stdout.splitlines():
         if line.startswith("STALL "):
             return float(line.split()[1])
-    raise RuntimeError("stall measurement failed:\n" + out.stderr[-2000:])
+    raise RuntimeError("stall measurement failed:\n" + out.stdout[-2000:] + out.stderr[-2000:])
 
 
 async def run(seconds: float) -> dict[str, float]:

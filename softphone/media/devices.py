@@ -279,7 +279,7 @@ class Speaker:
             self._buffers.pop(sid, None)
 
     async def _read(self, audio: RemoteAudio) -> None:
-        stream = audio.stream(frame_size_ms=20)  # half the wake-ups of 10 ms frames
+        stream = audio.stream(frame_size_ms=40)  # a quarter of the wake-ups of 10 ms frames
         try:
             async for event in stream:
                 pcm = np.frombuffer(event.frame.data, dtype=np.int16)
