@@ -459,9 +459,10 @@ class AudioDevices(EventEmitter[DeviceEvent]):
 
     def _check(self) -> None:
         """One watcher round: fall back from lost devices, return to chosen ones."""
-        for kind in ("input", "output"):
-            lost = self._endpoint(kind).lost()  # type: ignore[arg-type]
-            self._stalls[kind] = self._stalls[kind] + 1 if lost else 0  # type: ignore[index]
+        kinds: tuple[DeviceKind, ...] = ("input", "output")
+        for kind in kinds:
+            lost = self._endpoint(kind).lost()
+            self._stalls[kind] = self._stalls[kind] + 1 if lost else 0
         # Two rounds in a row, so a loaded machine's late callback is not an unplug.
         if any(n >= 2 for n in self._stalls.values()):
             log.info("audio device lost; falling back to the default")

@@ -2,7 +2,7 @@
 
 Services emit typed events (``EventEmitter``) from the asyncio loop or, for
 device callbacks, from other threads. :class:`EventBridge` re-emits each as
-``event(source, name, payload)``; Qt queues a signal emitted off the main
+``forwarded(source, name, payload)``; Qt queues a signal emitted off the main
 thread, so slots always run on the main (qasync) thread.
 """
 
@@ -20,10 +20,10 @@ class EventBridge(QObject):
     """Forwards events of any number of emitters as one Qt signal.
 
     Signals:
-        event(str, str, object): source label, event name, payload.
+        forwarded(str, str, object): source label, event name, payload.
     """
 
-    event = Signal(str, str, object)
+    forwarded = Signal(str, str, object)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -36,7 +36,7 @@ class EventBridge(QObject):
         for name in events:
 
             def forward(payload: Any, _name: str = name) -> None:
-                self.event.emit(source, _name, payload)
+                self.forwarded.emit(source, _name, payload)
 
             offs.append(emitter.on(name, forward))
         self._offs[source] = offs

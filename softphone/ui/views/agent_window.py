@@ -61,7 +61,7 @@ class AgentWindow(RoleWindow):
         self._summary_prepared = False
         self._setup_ui()
         self.bridge.attach("agent", self.agent.events, AGENT_EVENTS)
-        self.bridge.event.connect(self._on_event)
+        self.bridge.forwarded.connect(self._on_event)
 
     def _setup_ui(self) -> None:
         split = QSplitter(Qt.Orientation.Horizontal)

@@ -83,7 +83,7 @@ class CallPanel(QWidget):
         self._end_expected = False
         self._joining: asyncio.Task[Any] | None = None
         self._setup_ui(room_editable)
-        bridge.event.connect(self._on_event)
+        bridge.forwarded.connect(self._on_event)
         bridge.attach(
             "controller",
             controller,
@@ -133,7 +133,7 @@ class CallPanel(QWidget):
         self.mute_btn.setCheckable(True)
         self.mute_btn.setAccessibleName("Mute microphone")
         self.mute_btn.toggled.connect(self._on_mute_toggled)
-        QShortcut(QKeySequence("Ctrl+M"), self, activated=self.mute_btn.toggle)
+        QShortcut(QKeySequence("Ctrl+M"), self, self.mute_btn.toggle)
         lay.addWidget(self.mute_btn)
 
         box = QGroupBox("Audio devices")

@@ -44,7 +44,7 @@ class CallerWindow(RoleWindow):
         )
         self.body.addWidget(self.call_panel)
         self.body.addStretch(1)
-        self.bridge.event.connect(self._on_event)
+        self.bridge.forwarded.connect(self._on_event)
         self.resize(460, 620)
 
     @property
@@ -90,7 +90,7 @@ class CallerWindow(RoleWindow):
         run_task(self.controller.adopt("call", session, keep_previous=True), report=self.show_error)
 
     def _on_moved(self, moved: Moved) -> None:
-        self.bridge.event.emit("mover", "moved", moved)
+        self.bridge.forwarded.emit("mover", "moved", moved)
         call = self.controller.call
         if call is None or call.session is not moved.session:
             run_task(self.controller.adopt("call", moved.session), report=self.show_error)

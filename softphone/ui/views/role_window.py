@@ -45,7 +45,7 @@ class RoleWindow(QMainWindow):
         dock.setWidget(self.event_log)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
-        QShortcut(QKeySequence("Ctrl+L"), self, activated=self.event_log.setFocus)
+        QShortcut(QKeySequence("Ctrl+L"), self, self.event_log.setFocus)
 
     def show_error(self, text: str) -> None:
         """Show an error in the window (non-modal) and in the event log."""

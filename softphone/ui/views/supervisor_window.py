@@ -76,7 +76,11 @@ class SupervisorController:
             for pub in p.track_publications.values():
                 if isinstance(pub.track, rtc.RemoteAudioTrack):
                     live.add_remote(RemoteAudio(p.identity, pub.track, pub.sid))
-        self._offs.append(leg.session.on("remote_audio", live.add_remote))
+
+        def transcribe(audio: RemoteAudio) -> None:
+            live.add_remote(audio)
+
+        self._offs.append(leg.session.on("remote_audio", transcribe))
 
     async def _stop_transcript(self) -> None:
         for off in self._offs:
@@ -158,7 +162,7 @@ class SupervisorWindow(RoleWindow):
         self.closables += [self.controller, self.supervisor]
         self._setup_ui()
         self.bridge.attach("supervisor", self.supervisor.events, ("segment", "transcript_error"))
-        self.bridge.event.connect(self._on_event)
+        self.bridge.forwarded.connect(self._on_event)
         self._timer = QTimer(self)
         self._timer.setInterval(int(refresh_s * 1000))
         self._timer.timeout.connect(self.refresh)
