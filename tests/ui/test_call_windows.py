@@ -106,8 +106,14 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
                 }
             finally:
                 await close_windows(caller, agent)
+                recordings.extend(agent_ctx.settings.recordings_path.rglob("*.wav"))
 
+    recordings: list[Any] = []
     result = run_ui(scenario(), 90)
+    # The agent's app recorded each speaker to its own file.
+    names = {p.name for p in recordings}
+    assert any("caller-1" in n for n in names) and any("agent-1" in n for n in names), names
+    assert all(p.stat().st_size > 48000 for p in recordings), "recordings hold audio"
     assert result["heard"]["agent"] > 0.3, "the agent's speaker got no audio from the caller"
     assert result["heard"]["caller"] > 0.3, "the caller's speaker got no audio from the agent"
     assert result["muted_button"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 from livekit import rtc
@@ -61,9 +62,13 @@ class AgentController:
         self.segments: list[TranscriptSegment] = []
         self.last_snapshot: TransferSnapshot | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.recorder: Any | None = None
+        self._recording_offs: list[Callable[[], None]] = []
         self._offs = [
             calls.on("leg_opened", self._on_leg_opened),
             calls.on("leg_closed", self._on_leg_closed),
+            calls.on("call_started", lambda _room: self._spawn(self._start_recording())),
+            calls.on("call_ended", lambda _cid: self._spawn(self._stop_recording())),
         ]
         if self.context.transfer is not None:
             self._offs.append(self.context.transfer.on("transfer_changed", self._on_service_event))
@@ -268,6 +273,56 @@ class AgentController:
         if live is not None:
             self._spawn(live.aclose())
 
+    async def _start_recording(self) -> None:
+        """Record every speaker of the call to its own file (DESIGN: Speech)."""
+        from softphone.media.recording import SAMPLE_RATE as RECORDING_RATE
+        from softphone.media.recording import CallRecorder
+
+        call, call_id = self.calls.call, self.calls.call_id
+        if call is None or call_id is None or self.recorder is not None:
+            return
+        recorder = CallRecorder(
+            directory=self.context.settings.recordings_path,
+            call_id=call_id,
+            history=self.context.history,
+        )
+        try:
+            await recorder.start()
+        except SoftphoneError as exc:
+            log.warning("recording unavailable", extra={"error": exc.message})
+            return
+        except OSError:
+            log.warning("recording unavailable: the recording folder is not writable")
+            return
+        self.recorder = recorder
+        for p in call.session.room.remote_participants.values():
+            for pub in p.track_publications.values():
+                if isinstance(pub.track, rtc.RemoteAudioTrack):
+                    recorder.add_remote(RemoteAudio(p.identity, pub.track, pub.sid))
+
+        def record(audio: RemoteAudio) -> None:
+            recorder.add_remote(audio)
+
+        self._recording_offs.append(call.session.on("remote_audio", record))
+        mic = self.calls.devices.mic
+        if mic is not None and RECORDING_RATE == 48000:
+            identity = self.calls.identity
+            await recorder.open_track(identity, align=False)
+
+            def feed(pcm: Any) -> None:
+                # A muted agent records silence, keeping the file on the timeline.
+                recorder.feed(identity, pcm if not self.calls.muted else bytes(2 * len(pcm)))
+
+            self._recording_offs.append(mic.add_tap(feed))
+
+    async def _stop_recording(self) -> None:
+        for off in self._recording_offs:
+            off()
+        self._recording_offs.clear()
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            await recorder.aclose()
+
     async def _start_transcript(self) -> None:
         from softphone.speech.live_transcriber import LiveTranscriber
 
@@ -321,6 +376,7 @@ class AgentController:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.live is not None:
             await self.live.aclose()
+        await self._stop_recording()
         if self.agent_call is not None:
             await self.agent_call.aclose()
         if self.lobby is not None:
