@@ -76,8 +76,8 @@ def pulse_audio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         capture_output=True,
         timeout=30,
     )
-    for var in ("XDG_RUNTIME_DIR",):
-        os.environ[var] = env[var]
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = env["XDG_RUNTIME_DIR"]
     deadline = time.monotonic() + 10
     while subprocess.run(["pactl", "info"], env=env, capture_output=True).returncode != 0:
         assert time.monotonic() < deadline, "pulseaudio did not come up"
@@ -87,6 +87,10 @@ def pulse_audio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     rescan()  # PortAudio may have been initialised before the server existed
     yield env
     subprocess.run([binary, "--kill"], env=env, capture_output=True, timeout=30)
+    if previous is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = previous
 
 
 class Tone:
