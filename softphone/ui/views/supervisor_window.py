@@ -42,6 +42,17 @@ def agents_in(session: Any) -> list[str]:
     ]
 
 
+def allow_agents_only(session: Any) -> None:
+    """Let only the room's agents subscribe to our tracks (the whisper)."""
+    session.room.local_participant.set_track_subscription_permissions(
+        allow_all_participants=False,
+        participant_permissions=[
+            rtc.ParticipantTrackPermission(participant_identity=a, allow_all=True)
+            for a in agents_in(session)
+        ],
+    )
+
+
 class SupervisorController:
     """Monitoring without Qt: one ``monitor`` leg, switched between listen, whisper, barge.
 
@@ -116,23 +127,27 @@ class SupervisorController:
         Raises:
             MediaError: The room could not be joined or the mic not published.
         """
+        await self._stop_transcript()  # also drops listeners of a previous monitor leg
         leg = await self.calls.join(room, leg="monitor", publish=False, supervisor_mode=mode)
         if mode == "whisper":
             agents = agents_in(leg.session)
             if not agents:
                 await self.calls.leave("monitor")
                 raise MediaError("there is no agent in this room to whisper to")
-            leg.session.room.local_participant.set_track_subscription_permissions(
-                allow_all_participants=False,
-                participant_permissions=[
-                    rtc.ParticipantTrackPermission(participant_identity=a, allow_all=True)
-                    for a in agents
-                ],
+            allow_agents_only(leg.session)
+            # An agent who joins later (e.g. B after a transfer) hears the whisper
+            # too; everyone else's permission stays denied.
+            self._offs.append(
+                leg.session.on("participant_joined", lambda _p: allow_agents_only(leg.session))
+            )
+            self._offs.append(
+                leg.session.on(
+                    "participant_attributes_changed", lambda _p: allow_agents_only(leg.session)
+                )
             )
         if mode in ("whisper", "barge"):
             await leg.publish_mic()
         self.mode, self.room = mode, room
-        await self._stop_transcript()
         if self.context.settings.live_transcript:
             await self._start_transcript(leg)
 
