@@ -268,7 +268,11 @@ print("STALL", max(worst))
 
 async def run(seconds: float) -> dict[str, float]:
     """Every measurement; returns the JSON object."""
-    tmp = Path(tempfile.mkdtemp(prefix="softphone-bench-app-"))
+    with tempfile.TemporaryDirectory(prefix="softphone-bench-app-") as name:
+        return await _run(Path(name), seconds)
+
+
+async def _run(tmp: Path, seconds: float) -> dict[str, float]:
     with private_pulse(tmp) as env:
         env.update(SOFTPHONE_HOME=str(tmp / "home"), QT_QPA_PLATFORM="offscreen")
         env["SOFTPHONE_LIVE_TRANSCRIPT"] = "0"

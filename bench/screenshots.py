@@ -41,10 +41,10 @@ async def wait_until(cond: Callable[[], object], timeout_s: float, what: str) ->
 
 async def shoot(out: Path) -> list[Path]:
     """Open the demo windows, drive them to interesting states and save PNGs."""
-    home = Path(tempfile.mkdtemp(prefix="softphone-shots-"))
-    settings = load_settings({"profile": "shots", "home": home, "live_transcript": False})
     saved: list[Path] = []
     async with contextlib.AsyncExitStack() as stack:
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="softphone-shots-")))
+        settings = load_settings({"profile": "shots", "home": home, "live_transcript": False})
         windows = await build_windows(settings, stack, demo=True, supervisor=True)
         caller, a, b, sup = windows
         try:
