@@ -8,8 +8,11 @@ Usage: ``./dev bench transfer [--runs N] [--concurrent 10,25] [--json]``
     in R2) and by B (A's voice during the consult, then the caller's) across
     the move, with make-before-break;
 (c) the same for the naive strategy (the caller disconnects, then connects);
-(d) N concurrent transfers started, accepted and completed at once:
-    complete -> audio p50/p95 and failures.
+(d) N concurrent transfers: calls set up and transfers started a few at a
+    time (SETUP_AT_ONCE), all N then in flight together (hold audio, offers
+    accepted, consulting) and completed at once: complete -> audio p50/p95
+    and failures (a transfer that did not complete, or whose caller was not
+    heard by B within AUDIO_TIMEOUT_S). Failure reasons go to stderr.
 
 With ``--json`` one JSON object is printed with exactly the keys
 ``complete_to_audio_ms``, ``naive_complete_to_audio_ms`` ({p50, p95}),
@@ -52,6 +55,7 @@ CALLER_HZ, A_HZ, B_HZ = 440.0, 660.0, 880.0
 THRESHOLD = 0.05
 GAP_WINDOW_S = 2.5
 AUDIO_TIMEOUT_S = 10.0
+SETUP_AT_ONCE = 4
 
 
 def pct(values: list[float], q: float) -> float:
@@ -138,7 +142,12 @@ class Bench:
         return await RtcSession(url=self.server.url, token=token, connect_timeout_s=30).connect()
 
     async def one(
-        self, strategy: MoveStrategy, *, measure_gaps: bool, start_gate: asyncio.Event | None = None
+        self,
+        strategy: MoveStrategy,
+        *,
+        measure_gaps: bool,
+        start_gate: asyncio.Event | None = None,
+        setup: asyncio.Semaphore | None = None,
     ) -> Result:
         """One warm transfer; returns its numbers."""
         tag = uuid.uuid4().hex[:8]
@@ -152,6 +161,9 @@ class Bench:
             players.append(player)
             return src
 
+        if setup is not None:
+            # Calls are set up a few at a time; the transfers then run together.
+            await setup.acquire()
         caller_src = tone(CALLER_HZ)
         a_src = tone(A_HZ) if measure_gaps else None
         b_src = tone(B_HZ) if measure_gaps else None
@@ -193,6 +205,9 @@ class Bench:
                 assert a_src is not None
                 await consult.publish_audio(a_src)
             await self.service.wait_for_phase(ticket.transfer_id, ["consulting"], timeout_s=30)
+            if setup is not None:
+                setup.release()
+                setup = None
             await asyncio.sleep(1.0)  # steady state: hold in R1, consult in R2
             if start_gate is not None:
                 await start_gate.wait()
@@ -222,6 +237,8 @@ class Bench:
                 await lst.aclose()
             return Result(c2a, caller_gap, b_gap, ok and c2a is not None)
         finally:
+            if setup is not None:
+                setup.release()
             for c in reversed(closers):
                 with contextlib.suppress(Exception):
                     await c.aclose()
@@ -242,9 +259,12 @@ async def run(runs: int, concurrent: list[int]) -> dict[str, Any]:
             conc = []
             for n in concurrent:
                 gate = asyncio.Event()
+                setup = asyncio.Semaphore(SETUP_AT_ONCE)
                 tasks = [
                     asyncio.create_task(
-                        bench.one("make_before_break", measure_gaps=False, start_gate=gate)
+                        bench.one(
+                            "make_before_break", measure_gaps=False, start_gate=gate, setup=setup
+                        )
                     )
                     for _ in range(n)
                 ]
@@ -253,6 +273,9 @@ async def run(runs: int, concurrent: list[int]) -> dict[str, Any]:
                 waiter = asyncio.gather(*tasks, return_exceptions=True)
                 await _open_gate_when_ready(bench, gate, n)
                 results = await waiter
+                for r in results:
+                    if not (isinstance(r, Result) and r.ok):
+                        print(f"n={n} failure: {r!r}", file=sys.stderr)
                 good = [r for r in results if isinstance(r, Result) and r.ok]
                 times = [r.complete_to_audio_ms for r in good if r.complete_to_audio_ms is not None]
                 conc.append(
@@ -269,7 +292,8 @@ async def run(runs: int, concurrent: list[int]) -> dict[str, Any]:
         return {"p50": round(pct(v, 50), 1), "p95": round(pct(v, 95), 1)}
 
     def three(v: list[float]) -> dict[str, float]:
-        return {"p50": round(pct(v, 50), 1), "p95": round(pct(v, 95), 1), "max": round(max(v), 1)}
+        top = max(v) if v else float("nan")
+        return {"p50": round(pct(v, 50), 1), "p95": round(pct(v, 95), 1), "max": round(top, 1)}
 
     return {
         "complete_to_audio_ms": two(mbb),

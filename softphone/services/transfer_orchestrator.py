@@ -73,6 +73,8 @@ HOLD_FREQ_HZ = 330.0
 # While the caller moves: how often the rooms are checked, and how long the
 # caller may stay in R1 after arriving in R2 before R1 is closed anyway.
 MOVE_POLL_S = 0.1
+# How long B's app may take to acknowledge an offer (it rings, then answers).
+OFFER_DELIVERY_TIMEOUT_S = 10.0
 MOVE_LEAVE_GRACE_S = 2.0
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
 _WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
@@ -308,7 +310,7 @@ class TransferOrchestrator(TransferService):
                 req.to_agent,
                 RPC_OFFER,
                 json.dumps(self._offer(transfer)),
-                response_timeout_s=5.0,
+                response_timeout_s=min(self._offer_timeout_s, OFFER_DELIVERY_TIMEOUT_S),
             )
         except SoftphoneError as exc:
             log.warning("offer could not be delivered", extra={"error": exc.message})

@@ -53,6 +53,8 @@ LobbyEvent = Literal["offer", "offer_withdrawn", "directory_changed", "joined_ro
 CallerEvent = Literal["joined", "moved"]
 AgentCallEvent = Literal["transfer_changed", "consult_joined", "consult_left"]
 MoveStrategy = Literal["make_before_break", "break_before_make"]
+# A token this close to expiry is re-minted before use.
+TOKEN_MARGIN_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,8 +519,13 @@ class AgentCall(EventEmitter[AgentCallEvent]):
 
     async def _join_consult(self, token: TokenGrant) -> None:
         try:
+            if token.expires_at - time.time() < TOKEN_MARGIN_S:
+                # Handed out at the start; a long ring can outlive it.
+                token = await self._service.mint_token(
+                    identity=token.identity, room=token.room, role="agent"
+                )
             session = await _join(token, self._mic)
-        except MediaError:
+        except SoftphoneError:
             log.warning("could not join the consult leg")
             return
         finally:

@@ -15,6 +15,7 @@ from softphone.errors import (
     TransferError,
     ValidationError,
 )
+from softphone.media.session import RtcSession
 from softphone.services.room_admin import RoomAdmin
 from softphone.services.transfer_service import TransferRequest
 from tests.transfer.conftest import TransferEnv, open_call
@@ -65,6 +66,14 @@ async def test_bad_requests_are_refused_and_change_nothing(
         assert "oneself" in err.message
         await refused(env, a.start_transfer(req(mode="hot")), 400)  # type: ignore[arg-type]
         await refused(env, a.status("no-such-transfer"), 404)
+        await refused(
+            env, a.mint_token(identity=call.a.identity, room="no-such-room-42", role="agent"), 404
+        )
+        # A token minted on request (e.g. one handed out earlier expired) joins its room.
+        grant = await a.mint_token(identity=call.a.identity, room=env.lobby, role="agent")
+        assert (grant.identity, grant.room, grant.url) == (call.a.identity, env.lobby, env.url)
+        async with RtcSession(url=grant.url, token=grant.token) as again:
+            assert again.room_name == env.lobby
         assert await _rooms(room_admin) == before
         assert call.offers.empty()
 
