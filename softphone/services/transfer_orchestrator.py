@@ -23,12 +23,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 from livekit import rtc
 
 from softphone.domain.identifiers import validate_identity, validate_room_name
+from softphone.domain.transcript import TranscriptSegment, pack_transcript
 from softphone.domain.transfer import (
     EndReason,
     Phase,
@@ -75,6 +76,8 @@ HOLD_FREQ_HZ = 330.0
 MOVE_POLL_S = 0.1
 # How long B's app may take to acknowledge an offer (it rings, then answers).
 OFFER_DELIVERY_TIMEOUT_S = 10.0
+# LiveKit caps an RPC payload at 15 KiB; the offer keeps a margin under it.
+OFFER_PAYLOAD_BYTES = 14 * 1024
 MOVE_LEAVE_GRACE_S = 2.0
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
 _WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
@@ -309,7 +312,7 @@ class TransferOrchestrator(TransferService):
                 self.directory.lobby_room,
                 req.to_agent,
                 RPC_OFFER,
-                json.dumps(self._offer(transfer)),
+                json.dumps(self._offer(transfer, req.transcript)),
                 response_timeout_s=min(self._offer_timeout_s, OFFER_DELIVERY_TIMEOUT_S),
             )
         except SoftphoneError as exc:
@@ -345,8 +348,8 @@ class TransferOrchestrator(TransferService):
         return self._call_ids[req.call_room]
 
     @staticmethod
-    def _offer(t: Transfer) -> dict[str, Any]:
-        return {
+    def _offer(t: Transfer, transcript: Sequence[TranscriptSegment] = ()) -> dict[str, Any]:
+        offer: dict[str, Any] = {
             "transfer_id": t.transfer_id,
             "from_agent": t.from_agent,
             "caller": t.caller,
@@ -354,6 +357,9 @@ class TransferOrchestrator(TransferService):
             "new_room": t.new_room,
             "summary": t.summary.to_dict() if t.summary else None,
         }
+        budget = OFFER_PAYLOAD_BYTES - len(json.dumps(offer).encode())
+        offer.update(pack_transcript(transcript, budget))
+        return offer
 
     async def _prepare_summary(self, run: _Run, req: TransferRequest) -> None:
         t = run.transfer

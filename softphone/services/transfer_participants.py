@@ -27,7 +27,7 @@ from livekit import rtc
 
 from softphone.domain.events import EventEmitter
 from softphone.domain.summary import SummaryCard
-from softphone.domain.transcript import TranscriptSegment
+from softphone.domain.transcript import TranscriptSegment, unpack_transcript
 from softphone.domain.transfer import Mode, TransferSnapshot
 from softphone.errors import MediaError, SoftphoneError, ValidationError
 from softphone.media.session import DataMessage, RtcSession
@@ -59,7 +59,11 @@ TOKEN_MARGIN_S = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class Offer:
-    """A transfer offered to this agent, with the summary to read before joining."""
+    """A transfer offered to this agent, with the summary to read before joining.
+
+    ``transcript`` is the call so far (its latest part, when the whole does not
+    fit in an offer; ``transcript_omitted`` counts the earlier segments left out).
+    """
 
     transfer_id: str
     from_agent: str
@@ -68,6 +72,8 @@ class Offer:
     new_room: str
     summary: SummaryCard | None
     received_at: float
+    transcript: tuple[TranscriptSegment, ...] = ()
+    transcript_omitted: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +238,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         try:
             data = json.loads(inv.payload)
             summary = SummaryCard.from_dict(data["summary"]) if data.get("summary") else None
+            transcript, omitted = unpack_transcript(data)
             offer = Offer(
                 transfer_id=str(data["transfer_id"]),
                 from_agent=str(data["from_agent"]),
@@ -240,6 +247,8 @@ class AgentLobby(EventEmitter[LobbyEvent]):
                 new_room=str(data["new_room"]),
                 summary=summary,
                 received_at=time.monotonic(),
+                transcript=tuple(transcript),
+                transcript_omitted=omitted,
             )
         except (json.JSONDecodeError, KeyError, TypeError, SoftphoneError):
             raise rtc.RpcError(

@@ -48,6 +48,11 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         assert offer.transfer_id == ticket.transfer_id
         assert offer.summary is not None and offer.summary.reason
         assert not offer.summary.fallback
+        # ...and the transcript so far.
+        assert [(s.speaker, s.text) for s in offer.transcript] == [
+            (s.speaker, s.text) for s in TRANSCRIPT
+        ]
+        assert offer.transcript_omitted == 0
         b_session = await call.b_lobby.accept(offer.transfer_id)
         snap = await a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
         # On hold (offering and consulting): the caller hears the hold tone, not A.

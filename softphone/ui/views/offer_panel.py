@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
 
 from softphone.services.transfer_participants import Offer
 from softphone.ui.widgets.summary_card import SummaryCardView
+from softphone.ui.widgets.transcript_view import TranscriptView
 
 MODE_TEXT = {
     "warm": "warm transfer",
@@ -47,7 +48,12 @@ class OfferPanel(QWidget):
         self.headline.setAccessibleName("Incoming transfer")
         lay.addWidget(self.headline)
         self.summary = SummaryCardView()
-        lay.addWidget(self.summary, 1)
+        lay.addWidget(self.summary, 3)
+        self.transcript_label = QLabel("Transcript so far")
+        lay.addWidget(self.transcript_label)
+        self.transcript = TranscriptView()
+        self.transcript.setAccessibleName("Transcript of the offered call")
+        lay.addWidget(self.transcript, 2)
         row = QHBoxLayout()
         self.accept_btn = QPushButton("&Accept")
         self.accept_btn.setObjectName("primary")
@@ -75,6 +81,8 @@ class OfferPanel(QWidget):
         if offer is None:
             self.headline.setText(note or "No incoming transfer.")
             self.summary.set_card(None)
+            self.transcript.clear()
+            self.transcript_label.setText("Transcript so far")
             return
         self.reason.clear()
         self.headline.setText(
@@ -84,6 +92,16 @@ class OfferPanel(QWidget):
         self.summary.set_card(offer.summary)
         if offer.summary is None:
             self.summary.setPlainText("No summary (cold transfer).")
+        self.transcript.set_segments(list(offer.transcript))
+        if not offer.transcript:
+            self.transcript_label.setText("Transcript so far: nothing was transcribed")
+        elif offer.transcript_omitted:
+            self.transcript_label.setText(
+                f"Transcript so far (latest part; {offer.transcript_omitted} earlier "
+                "segments in the call's history)"
+            )
+        else:
+            self.transcript_label.setText("Transcript so far")
 
     def _on_accept_clicked(self) -> None:
         if self.offer is not None:
