@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +95,12 @@ def test_warm_transfer_by_clicking_through_three_windows(
                 await wait_until(
                     lambda: "consult" in a.controller.legs, 20, "A's consult leg in R2"
                 )
+                # The consult leg is part of the call: B's voice is recorded there.
+                await wait_until(
+                    lambda: a.agent.consult_recorder is not None, 20, "consult recording"
+                )
+                await asyncio.sleep(1.0)
+                a_call_id = a.controller.call_id
                 _click(qtbot, a.transfer_panel.complete_btn)
                 await wait_until(
                     lambda: (
@@ -116,7 +123,9 @@ def test_warm_transfer_by_clicking_through_three_windows(
                     20,
                     "caller and B see each other",
                 )
+                detail = await a_ctx.history.get_call(a_call_id) if a_call_id else None
                 return {
+                    "recordings": [(r.speaker, r.leg) for r in detail.recordings] if detail else [],
                     "summary": offered_summary,
                     "caller_remote": caller.controller.call.session.remote_identities(),
                     "b_remote": b.controller.call.session.remote_identities(),
@@ -138,4 +147,6 @@ def test_warm_transfer_by_clicking_through_three_windows(
     assert "completed" in r["a_phase"].lower()
     assert "now with agent-b" in r["a_result"]
     assert not r["on_hold"]
+    assert ("agent-b", "consult") in r["recordings"], r["recordings"]
+    assert ("caller-t", "call") in r["recordings"]
     assert r["a_errors"] == ""

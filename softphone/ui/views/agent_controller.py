@@ -63,7 +63,9 @@ class AgentController:
         self.last_snapshot: TransferSnapshot | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.recorder: Any | None = None
+        self.consult_recorder: Any | None = None
         self._recording_offs: list[Callable[[], None]] = []
+        self._consult_offs: list[Callable[[], None]] = []
         self._offs = [
             calls.on("leg_opened", self._on_leg_opened),
             calls.on("leg_closed", self._on_leg_closed),
@@ -244,6 +246,9 @@ class AgentController:
 
     # ---- legs ------------------------------------------------------------------------
     def _on_leg_opened(self, leg: str) -> None:
+        if leg == "consult":
+            self._spawn(self._start_consult_capture())
+            return
         call = self.calls.call
         if leg != "call" or call is None:
             return
@@ -262,6 +267,9 @@ class AgentController:
             self._spawn(self._start_transcript())
 
     def _on_leg_closed(self, leg: str) -> None:
+        if leg == "consult":
+            self._spawn(self._stop_consult_capture())
+            return
         if leg != "call":
             return
         agent_call, self.agent_call = self.agent_call, None
@@ -315,7 +323,55 @@ class AgentController:
 
             self._recording_offs.append(mic.add_tap(feed))
 
+    async def _start_consult_capture(self) -> None:
+        """Record and transcribe the consult leg into the same call's timeline.
+
+        DESIGN: the consult leg is part of the call. A's own voice is already in
+        A's file of the call (one file per speaker); here B's track is recorded
+        with leg ``consult`` and transcribed into the same call.
+        """
+        from softphone.media.recording import CallRecorder
+
+        consult, call_id = self.calls.legs.get("consult"), self.calls.call_id
+        if consult is None or call_id is None or self.consult_recorder is not None:
+            return
+        recorder = CallRecorder(
+            directory=self.context.settings.recordings_path,
+            call_id=call_id,
+            history=self.context.history,
+            leg="consult",
+        )
+        try:
+            await recorder.start()
+        except (SoftphoneError, OSError):
+            log.warning("recording of the consult leg unavailable")
+        else:
+            self.consult_recorder = recorder
+        recording = self.consult_recorder
+
+        def on_audio(audio: RemoteAudio) -> None:
+            if recording is not None:
+                recording.add_remote(audio)
+            if self.live is not None:
+                self.live.add_remote(audio, leg="consult")
+
+        session = consult.session
+        for p in session.room.remote_participants.values():
+            for pub in p.track_publications.values():
+                if isinstance(pub.track, rtc.RemoteAudioTrack):
+                    on_audio(RemoteAudio(p.identity, pub.track, pub.sid))
+        self._consult_offs.append(session.on("remote_audio", on_audio))
+
+    async def _stop_consult_capture(self) -> None:
+        for off in self._consult_offs:
+            off()
+        self._consult_offs.clear()
+        recorder, self.consult_recorder = self.consult_recorder, None
+        if recorder is not None:
+            await recorder.aclose()
+
     async def _stop_recording(self) -> None:
+        await self._stop_consult_capture()
         for off in self._recording_offs:
             off()
         self._recording_offs.clear()
@@ -359,7 +415,15 @@ class AgentController:
         if mic is not None:
             identity = self.calls.identity
             self._offs.append(
-                mic.add_tap(lambda pcm: live.feed(identity, pcm) if not self.calls.muted else None)
+                mic.add_tap(
+                    lambda pcm: (
+                        live.feed(
+                            identity, pcm, leg="consult" if "consult" in self.calls.legs else "call"
+                        )
+                        if not self.calls.muted
+                        else None
+                    )
+                )
             )
 
     def _on_segment(self, seg: TranscriptSegment) -> None:
