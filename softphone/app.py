@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from softphone import __version__
 from softphone.config import FIELDS, Secret, Settings, load_settings
 from softphone.errors import ConfigError, SoftphoneError
+from softphone.media.recording import repair_directory
 from softphone.services.history import HistoryStore
 from softphone.services.local_server import LocalLiveKitServer
 from softphone.services.room_admin import RoomAdmin
@@ -177,6 +178,10 @@ async def open_context(
     from softphone.ui.context import AppContext
 
     settings.ensure_dirs()
+    # Recordings cut by a crash get valid headers again; in a worker thread,
+    # so a large recordings folder never delays the window.
+    repair = asyncio.ensure_future(asyncio.to_thread(repair_directory, settings.recordings_path))
+    stack.push_async_callback(_report_repair, repair)
     history = await stack.enter_async_context(HistoryStore(settings.history_path))
     context = AppContext(settings=settings, url=access.url, history=history, transfer=transfer)
     if access.api_secret is not None and access.api_key:
@@ -191,6 +196,16 @@ async def open_context(
     if context.transfer is None:
         context.transfer = await open_transfer_service(settings, context, stack)
     return context
+
+
+async def _report_repair(repair: asyncio.Future[list[Any]]) -> None:
+    try:
+        fixed = await repair
+    except OSError:
+        log.warning("could not check the recordings folder for interrupted files")
+        return
+    if fixed:
+        log.info("repaired recordings cut short by a crash", extra={"files": len(fixed)})
 
 
 async def open_transfer_service(

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import wave
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from softphone.app import LiveKitAccess, open_context
+from softphone.config import Settings
 
 pytestmark = pytest.mark.ui
 
@@ -77,3 +84,29 @@ def test_bad_use_of_app_modes_is_a_clear_error(
     assert out.returncode == 2
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_opening_the_app_repairs_recordings_cut_by_a_crash(
+    ui_settings: Callable[..., Settings],
+    access: LiveKitAccess,
+    run_ui: Callable[..., Any],
+) -> None:
+    settings = ui_settings("crashed", role="agent", identity="agent-c")
+    folder = settings.recordings_path / "call-1"
+    folder.mkdir(parents=True)
+    cut = folder / "call-caller.wav"
+    with wave.open(str(cut), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(b"\x01\x00" * 4800)
+    with cut.open("ab") as f:  # audio written after the last header update
+        f.write(b"\x02\x00" * 48000)
+
+    async def scenario() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            await open_context(settings, access, stack)
+
+    run_ui(scenario(), 60)
+    with wave.open(str(cut), "rb") as w:
+        assert w.getnframes() == 4800 + 48000
