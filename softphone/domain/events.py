@@ -21,9 +21,9 @@ class EventEmitter(Generic[E]):
     """
 
     def __init__(self) -> None:
-        self._listeners: dict[str, list[Callable[[Any], None]]] = {}
+        self._listeners: dict[str, list[Callable[[Any], object]]] = {}
 
-    def on(self, event: E, listener: Callable[[Any], None]) -> Callable[[], None]:
+    def on(self, event: E, listener: Callable[[Any], object]) -> Callable[[], None]:
         """Call ``listener(payload)`` for every ``event``; returns a function that unsubscribes."""
         self._listeners.setdefault(event, []).append(listener)
 

@@ -315,6 +315,16 @@ class RtcSession(EventEmitter[SessionEvent]):
         else:
             self._mic.unmute()
 
+    def each_remote_audio(self, listener: Callable[[RemoteAudio], object]) -> Callable[[], None]:
+        """Call ``listener`` for every remote audio track: those present now, then each new one.
+
+        Returns:
+            A function that stops the calls for new tracks.
+        """
+        for audio in list(self._remote.values()):
+            listener(audio)
+        return self.on("remote_audio", listener)
+
     async def remote_audio(self) -> AsyncIterator[RemoteAudio]:
         """Yield every remote audio track: those present now, then each new one.
 

@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from livekit import rtc
-
 from softphone.domain.events import EventEmitter
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment
@@ -303,15 +301,7 @@ class AgentController:
             log.warning("recording unavailable: the recording folder is not writable")
             return
         self.recorder = recorder
-        for p in call.session.room.remote_participants.values():
-            for pub in p.track_publications.values():
-                if isinstance(pub.track, rtc.RemoteAudioTrack):
-                    recorder.add_remote(RemoteAudio(p.identity, pub.track, pub.sid))
-
-        def record(audio: RemoteAudio) -> None:
-            recorder.add_remote(audio)
-
-        self._recording_offs.append(call.session.on("remote_audio", record))
+        self._recording_offs.append(call.session.each_remote_audio(recorder.add_remote))
         mic = self.calls.devices.mic
         if mic is not None and RECORDING_RATE == 48000:
             identity = self.calls.identity
@@ -355,12 +345,7 @@ class AgentController:
             if self.live is not None:
                 self.live.add_remote(audio, leg="consult")
 
-        session = consult.session
-        for p in session.room.remote_participants.values():
-            for pub in p.track_publications.values():
-                if isinstance(pub.track, rtc.RemoteAudioTrack):
-                    on_audio(RemoteAudio(p.identity, pub.track, pub.sid))
-        self._consult_offs.append(session.on("remote_audio", on_audio))
+        self._consult_offs.append(consult.session.each_remote_audio(on_audio))
 
     async def _stop_consult_capture(self) -> None:
         for off in self._consult_offs:
@@ -402,15 +387,7 @@ class AgentController:
             await live.aclose()
             return
         self.live = live
-
-        def on_audio(audio: RemoteAudio) -> None:
-            live.add_remote(audio)
-
-        for p in call.session.room.remote_participants.values():
-            for pub in p.track_publications.values():
-                if isinstance(pub.track, rtc.RemoteAudioTrack):
-                    on_audio(RemoteAudio(p.identity, pub.track, pub.sid))
-        self._offs.append(call.session.on("remote_audio", on_audio))
+        self._offs.append(call.session.each_remote_audio(live.add_remote))
         mic = self.calls.devices.mic
         if mic is not None:
             identity = self.calls.identity

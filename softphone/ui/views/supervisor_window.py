@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
 from softphone.domain.events import EventEmitter
 from softphone.errors import ConfigError, MediaError, SoftphoneError
 from softphone.media.call_leg import CallLeg
-from softphone.media.session import RemoteAudio
 from softphone.ui.async_slot import run_task
 from softphone.ui.context import AppContext
 from softphone.ui.views.call_controller import CallController
@@ -83,15 +82,7 @@ class SupervisorController:
             await live.aclose()
             return
         self._live = live
-        for p in leg.session.room.remote_participants.values():
-            for pub in p.track_publications.values():
-                if isinstance(pub.track, rtc.RemoteAudioTrack):
-                    live.add_remote(RemoteAudio(p.identity, pub.track, pub.sid))
-
-        def transcribe(audio: RemoteAudio) -> None:
-            live.add_remote(audio)
-
-        self._offs.append(leg.session.on("remote_audio", transcribe))
+        self._offs.append(leg.session.each_remote_audio(live.add_remote))
 
     async def _stop_transcript(self) -> None:
         for off in self._offs:
