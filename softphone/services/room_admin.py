@@ -128,7 +128,7 @@ class RoomAdmin:
                 raise NotFoundError(f"{what}: not found", details=details) from exc
             raise LiveKitError(
                 f"{what} failed: {exc.code} ({exc.status})",
-                retryable=exc.status >= 500 or exc.status == 429,
+                retryable=exc.status >= 500 or exc.status in (408, 429),
                 details=details,
             ) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -79,6 +79,8 @@ OFFER_DELIVERY_TIMEOUT_S = 10.0
 # LiveKit caps an RPC payload at 15 KiB; the offer keeps a margin under it.
 OFFER_PAYLOAD_BYTES = 14 * 1024
 MOVE_LEAVE_GRACE_S = 2.0
+# Pause between attempts of an RPC that was not delivered or not acknowledged.
+RPC_RETRY_S = 0.25
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
 _WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
 
@@ -308,12 +310,12 @@ class TransferOrchestrator(TransferService):
         if self._hold_audio:
             self._spawn(self._start_hold(run))
         try:
-            await self._rooms.perform_rpc(
+            await self._deliver(
                 self.directory.lobby_room,
                 req.to_agent,
                 RPC_OFFER,
                 json.dumps(self._offer(transfer, req.transcript)),
-                response_timeout_s=min(self._offer_timeout_s, OFFER_DELIVERY_TIMEOUT_S),
+                within_s=min(self._offer_timeout_s, OFFER_DELIVERY_TIMEOUT_S),
             )
         except SoftphoneError as exc:
             log.warning("offer could not be delivered", extra={"error": exc.message})
@@ -322,6 +324,35 @@ class TransferOrchestrator(TransferService):
             self._spawn(self._await_decision(run))
         token = self._grant("agent", req.from_agent, new_room) if consults(req.mode) else None
         return TransferTicket(transfer=transfer.snapshot(), consult_token=token)
+
+    async def _deliver(
+        self, room: str, identity: str, method: str, payload: str, *, within_s: float
+    ) -> str:
+        """Perform an RPC, trying again while it only failed to get through.
+
+        Under load a participant may not acknowledge within LiveKit's two
+        seconds, its data channel may be re-establishing, or it may be
+        reconnecting (so momentarily not in the room): failures that say
+        nothing about the participant's answer. The receivers treat a repeated
+        request as the same one, so trying again is safe.
+
+        Raises:
+            SoftphoneError: The participant answered with an error (e.g. the
+                method is not registered), or ``within_s`` passed.
+        """
+        deadline = time.monotonic() + within_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self._rooms.perform_rpc(
+                    room, identity, method, payload, response_timeout_s=max(left, 1.0)
+                )
+            except SoftphoneError as exc:
+                transient = exc.retryable or isinstance(exc, NotFoundError)
+                if not transient or deadline - time.monotonic() < 2 * RPC_RETRY_S:
+                    raise
+                log.info("rpc not through; trying again", extra={"error": exc.message})
+            await asyncio.sleep(RPC_RETRY_S)
 
     async def _check_parties(self, req: TransferRequest) -> None:
         present = await self._rooms.list_participants(req.call_room)
@@ -500,14 +531,7 @@ class TransferOrchestrator(TransferService):
         t.set_strategy("move_caller")
         grant = self._grant("caller", t.caller, t.new_room)
         try:
-            answer = await self._rooms.perform_rpc(
-                t.call_room,
-                t.caller,
-                RPC_MOVE,
-                json.dumps(grant.to_dict()),
-                response_timeout_s=self._move_timeout_s,
-            )
-            outcome = await self._await_move(t, joined=answer == "moved")
+            outcome = await self._move_caller(t, json.dumps(grant.to_dict()))
         except SoftphoneError as exc:
             log.info("caller cannot move; bringing the agent", extra={"error": exc.message})
             outcome = "stuck"
@@ -523,6 +547,39 @@ class TransferOrchestrator(TransferService):
             await self._finish(run)
             return
         await self._bring_agent(run)
+
+    async def _move_caller(self, t: Transfer, grant: str) -> Literal["moved", "stuck", "gone"]:
+        """Tell the caller to move, and follow the move.
+
+        An instruction that did not get through (not acknowledged in time
+        under load, the caller's connection re-establishing) is sent again,
+        unless the caller is already arriving in R2 or no longer in R1; only
+        an error answer from the caller's app (it cannot move) raises.
+
+        Raises:
+            SoftphoneError: The caller's app refused or does not know the instruction.
+        """
+        deadline = time.monotonic() + self._move_timeout_s
+        while True:
+            try:
+                answer = await self._rooms.perform_rpc(
+                    t.call_room,
+                    t.caller,
+                    RPC_MOVE,
+                    grant,
+                    response_timeout_s=max(deadline - time.monotonic(), 1.0),
+                )
+                return await self._await_move(t, joined=answer == "moved")
+            except SoftphoneError as exc:
+                if not (exc.retryable or isinstance(exc, NotFoundError)):
+                    raise
+                log.info("move instruction not through", extra={"error": exc.message})
+            if t.caller in await self._present(t.new_room):
+                return await self._await_move(t, joined=True)
+            if time.monotonic() > deadline or t.caller not in await self._present(t.call_room):
+                # Moving on its own (the answer was lost), hung up, or never obeying.
+                return await self._await_move(t, joined=False)
+            await asyncio.sleep(RPC_RETRY_S)
 
     async def _await_move(self, t: Transfer, *, joined: bool) -> Literal["moved", "stuck", "gone"]:
         """Wait for the caller to be in R2 and, briefly, to have left R1 itself.

@@ -178,6 +178,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         self._presence: Presence = presence
         self.lobby = RtcSession(url=url, token=lobby_token)
         self.offers: dict[str, Offer] = {}
+        self._offered: set[str] = set()
         self.call_session: RtcSession | None = None
         self._tasks = _Tasks()
         self.lobby.on("participant_joined", lambda _: self.emit("directory_changed"))
@@ -254,6 +255,9 @@ class AgentLobby(EventEmitter[LobbyEvent]):
             raise rtc.RpcError(
                 rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed offer"
             ) from None
+        if offer.transfer_id in self._offered:
+            return "ringing"  # the same offer again: the service did not get the first answer
+        self._offered.add(offer.transfer_id)
         self.offers[offer.transfer_id] = offer
         self.emit("offer", offer)
         return "ringing"
@@ -367,24 +371,39 @@ class CallerMover(EventEmitter[CallerEvent]):
         self._mic = mic
         self._strategy = strategy
         self.moves: list[Moved] = []
+        # Moves under way or done, by room: a repeated instruction joins the first.
+        self._moving: dict[str, asyncio.Task[Any]] = {}
         session.register_rpc(RPC_MOVE, self._on_move)
 
     async def _on_move(self, inv: rtc.RpcInvocationData) -> str:
         grant = _parse_grant(inv.payload)
-        if self._strategy == "break_before_make":
+        moving = self._moving.get(grant.room)
+        if moving is None and self._strategy == "break_before_make":
             # The answer cannot come from a room already left: answer first.
-            self._tasks.spawn(self._move_quietly(grant))
+            self._moving[grant.room] = self._tasks.spawn(self._move_quietly(grant))
             return "moving"
-        # Make-before-break: answer once in the new room and publishing there
-        # (the service then knows without polling), and leave the old room
-        # in the background once the new one is audible.
-        started = time.monotonic()
+        if moving is None:
+            # Make-before-break: answer once in the new room and publishing
+            # there (the service then knows without polling), and leave the
+            # old room in the background once the new one is audible. The
+            # move runs as its own task: the service gives up waiting for an
+            # answer under load and sends the instruction again, which must
+            # find the same move, neither cancelled nor started twice.
+            moving = self._tasks.spawn(self._enter_then_leave(grant, time.monotonic()))
+            self._moving[grant.room] = moving
+        elif self._strategy == "break_before_make":
+            return "moving"
         try:
-            new = await self._enter(grant)
+            await asyncio.shield(moving)
         except MediaError as exc:
+            self._moving.pop(grant.room, None)
             raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
-        self._tasks.spawn(self._leave_old(grant, new, started))
         return "moved"
+
+    async def _enter_then_leave(self, grant: TokenGrant, started: float) -> RtcSession:
+        new = await self._enter(grant)
+        self._tasks.spawn(self._leave_old(grant, new, started))
+        return new
 
     async def _move_quietly(self, grant: TokenGrant) -> None:
         try:
