@@ -6,6 +6,7 @@ Used for hold audio, ringback and test signals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 
@@ -31,6 +32,33 @@ def tone_frame(
     samples = amplitude * np.sin(2 * math.pi * freq * t) if freq > 0 else np.zeros(n)
     pcm = (samples * 32767).astype(np.int16)
     return rtc.AudioFrame(pcm.tobytes(), sample_rate, 1, n)
+
+
+@functools.lru_cache(maxsize=64)
+def tone_cycle(
+    freq: float, *, sample_rate: int = SAMPLE_RATE, frame_ms: int = FRAME_MS
+) -> tuple[rtc.AudioFrame, ...] | None:
+    """The frames of one period-aligned cycle of ``freq``, computed once and reused.
+
+    A cycle is the fewest frames (at most one second's worth) holding a whole
+    number of periods, so playing them in a loop is the same signal as
+    :func:`tone_frame` at every sample index. Playing from it costs a lookup
+    per frame instead of a sine per frame (cheap enough for many players in
+    one process).
+
+    Returns:
+        The frames, or None when no whole cycle fits in one second (e.g. a
+        frequency with many decimals): compute each frame then.
+    """
+    n = sample_rate * frame_ms // 1000
+    for k in range(1, 1000 // frame_ms + 1):
+        periods = freq * k * n / sample_rate
+        if abs(periods - round(periods)) < 1e-9:
+            return tuple(
+                tone_frame(freq, i * n, sample_rate=sample_rate, frame_ms=frame_ms)
+                for i in range(k)
+            )
+    return None
 
 
 class TonePlayer:
@@ -71,7 +99,9 @@ class TonePlayer:
             ahead = started + sample / SAMPLE_RATE - time.monotonic()
             if ahead > LEAD_S:
                 await asyncio.sleep(ahead - LEAD_S)
-            await self._source.capture_frame(tone_frame(self.freq, sample))
+            cycle = tone_cycle(self.freq)
+            frame = cycle[(sample // n) % len(cycle)] if cycle else tone_frame(self.freq, sample)
+            await self._source.capture_frame(frame)
             sample += n
 
     async def aclose(self) -> None:
