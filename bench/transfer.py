@@ -8,11 +8,16 @@ Usage: ``./dev bench transfer [--runs N] [--concurrent 10,25] [--json]``
     in R2) and by B (A's voice during the consult, then the caller's) across
     the move, with make-before-break;
 (c) the same for the naive strategy (the caller disconnects, then connects);
-(d) N concurrent transfers: calls set up and transfers started a few at a
-    time (SETUP_AT_ONCE), all N then in flight together (hold audio, offers
-    accepted, consulting) and completed at once: complete -> audio p50/p95
-    and failures (a transfer that did not complete, or whose caller was not
-    heard by B within AUDIO_TIMEOUT_S). Failure reasons go to stderr.
+(d) N concurrent transfers, run the way they run in reality: the service
+    (orchestrator behind the real backend app, under uvicorn) in this process,
+    the client apps (caller, A, B for each call) in WORKERS child processes of
+    this script (``--worker``), each taking a share of the calls and
+    reporting JSON lines. Calls are set up a few at a time (SETUP_AT_ONCE per
+    worker), all N then in flight together (hold audio, offers accepted,
+    consulting) and completed at once: complete -> audio p50/p95 (both ends
+    measured with ``time.monotonic`` in the worker of that call) and failures
+    (a transfer that did not complete, or whose caller was not heard by B
+    within AUDIO_TIMEOUT_S). Failure reasons go to stderr.
 
 With ``--json`` one JSON object is printed with exactly the keys
 ``complete_to_audio_ms``, ``naive_complete_to_audio_ms`` ({p50, p95}),
@@ -29,16 +34,24 @@ import dataclasses
 import itertools
 import json
 import logging
+import secrets
+import socket
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import uvicorn
 from livekit import rtc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from softphone.backend.app import KeyRing, Principal, create_app
+from softphone.backend.client import RemoteTransferService
+from softphone.config import Secret
+from softphone.errors import MediaError
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
 from softphone.services.local_server import LocalLiveKitServer
@@ -55,7 +68,11 @@ CALLER_HZ, A_HZ, B_HZ = 440.0, 660.0, 880.0
 THRESHOLD = 0.05
 GAP_WINDOW_S = 2.5
 AUDIO_TIMEOUT_S = 10.0
-SETUP_AT_ONCE = 4
+log = logging.getLogger("softphone.bench")
+SETUP_AT_ONCE = 1
+SETUP_ATTEMPTS = 3
+WORKERS = 4
+READY_TIMEOUT_S = 180.0
 
 
 def pct(values: list[float], q: float) -> float:
@@ -246,7 +263,7 @@ class Bench:
                 await p.aclose()
 
 
-async def run(runs: int, concurrent: list[int]) -> dict[str, Any]:
+async def run(runs: int, concurrent: list[int], workers: int = WORKERS) -> dict[str, Any]:
     binary = ensure_server_binary()
     async with (
         LocalLiveKitServer(binary=binary) as server,
@@ -256,36 +273,7 @@ async def run(runs: int, concurrent: list[int]) -> dict[str, Any]:
         async with bench.service:
             mbb = [await bench.one("make_before_break", measure_gaps=True) for _ in range(runs)]
             naive = [await bench.one("break_before_make", measure_gaps=True) for _ in range(runs)]
-            conc = []
-            for n in concurrent:
-                gate = asyncio.Event()
-                setup = asyncio.Semaphore(SETUP_AT_ONCE)
-                tasks = [
-                    asyncio.create_task(
-                        bench.one(
-                            "make_before_break", measure_gaps=False, start_gate=gate, setup=setup
-                        )
-                    )
-                    for _ in range(n)
-                ]
-                # Everyone reaches consulting, then all complete at once.
-                await asyncio.sleep(0)
-                waiter = asyncio.gather(*tasks, return_exceptions=True)
-                await _open_gate_when_ready(bench, gate, n)
-                results = await waiter
-                for r in results:
-                    if not (isinstance(r, Result) and r.ok):
-                        print(f"n={n} failure: {r!r}", file=sys.stderr)
-                good = [r for r in results if isinstance(r, Result) and r.ok]
-                times = [r.complete_to_audio_ms for r in good if r.complete_to_audio_ms is not None]
-                conc.append(
-                    {
-                        "n": n,
-                        "p50_ms": round(pct(times, 50), 1),
-                        "p95_ms": round(pct(times, 95), 1),
-                        "failures": n - len(good),
-                    }
-                )
+            conc = [await concurrent_run(bench, n, workers) for n in concurrent]
 
     def two(rs: list[Result]) -> dict[str, float]:
         v = [r.complete_to_audio_ms for r in rs if r.complete_to_audio_ms is not None]
@@ -305,15 +293,303 @@ async def run(runs: int, concurrent: list[int]) -> dict[str, Any]:
     }
 
 
-async def _open_gate_when_ready(bench: Bench, gate: asyncio.Event, n: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        consulting = [r for r in bench.service._runs.values() if r.transfer.phase == "consulting"]
-        if len(consulting) >= n:
-            break
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(1.0)
-    gate.set()
+class Onset:
+    """Time of the first 10 ms frame carrying ``freq`` on any remote track of a session.
+
+    Cheap on purpose (many calls per process): one dot product per frame with
+    a precomputed reference, and reading stops at the first hit.
+    """
+
+    def __init__(self, session: RtcSession, freq: float) -> None:
+        n = SAMPLE_RATE * WINDOW_MS // 1000
+        self._ref = np.exp(-2j * np.pi * freq * np.arange(n) / SAMPLE_RATE) / 32768.0
+        self.after = float("inf")
+        self.found = asyncio.get_running_loop().create_future()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch(session)))
+
+    async def _watch(self, session: RtcSession) -> None:
+        async for audio in session.remote_audio():
+            self._tasks.append(asyncio.get_running_loop().create_task(self._read(audio.stream())))
+
+    async def _read(self, stream: rtc.AudioStream) -> None:
+        try:
+            async for ev in stream:
+                now = time.monotonic()
+                if now < self.after or self.found.done():
+                    continue
+                pcm = np.frombuffer(ev.frame.data, dtype=np.int16)
+                if len(pcm) == len(self._ref):
+                    level = 2 * abs(np.dot(pcm, self._ref)) / len(pcm)
+                    if level > THRESHOLD:
+                        self.found.set_result(now)
+                        return
+        finally:
+            await stream.aclose()
+
+    async def wait(self, after: float, timeout_s: float) -> float | None:
+        """The first arrival at or after ``after``, or None within ``timeout_s``."""
+        self.after = after
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self.found), timeout_s)
+        return None
+
+    async def aclose(self) -> None:
+        """Stop reading."""
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def _join_lobby(
+    token: str,
+    url: str,
+    service: RemoteTransferService,
+    mic: rtc.AudioSource,
+    offers: asyncio.Queue[Any],
+) -> AgentLobby:
+    """B online in the lobby.
+
+    Setting the call up comes before any transfer, so a lobby join that timed
+    out on the loaded machine is tried again (SETUP_ATTEMPTS) rather than
+    counted as a failed transfer.
+    """
+    for attempt in range(1, SETUP_ATTEMPTS + 1):
+        lobby = AgentLobby(lobby_token=token, url=url, service=service, mic=mic)
+        lobby.on("offer", offers.put_nowait)
+        try:
+            return await lobby.start()
+        except MediaError:
+            await lobby.aclose()
+            if attempt == SETUP_ATTEMPTS:
+                raise
+            print("setup: lobby join timed out; trying again", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+async def _worker_call(
+    cfg: dict[str, Any], call: dict[str, Any], setup: asyncio.Semaphore, go: asyncio.Event
+) -> None:
+    """One call in a worker: the caller's, A's and B's apps, as real clients of the backend."""
+    url, tag = cfg["url"], call["tag"]
+    src = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+    b_src = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+    players = [TonePlayer(src, CALLER_HZ), TonePlayer(b_src, B_HZ)]
+    closers: list[Any] = []
+    stage = "setup"
+    released = False
+    try:
+        await setup.acquire()
+        for p in players:
+            p.start()
+        a_svc = RemoteTransferService(
+            base_url=cfg["backend"], api_key=Secret(call["a_key"]), timeout_s=30
+        )
+        b_svc = RemoteTransferService(
+            base_url=cfg["backend"], api_key=Secret(call["b_key"]), timeout_s=30
+        )
+        closers += [a_svc, b_svc]
+        stage = "caller joins R1"
+        c_sess = await RtcSession(url=url, token=call["c_token"], connect_timeout_s=30).connect()
+        await c_sess.publish_audio(src)
+        mover = CallerMover(session=c_sess, mic=src)
+        closers.append(mover)
+        marks: dict[str, float] = {}
+        mover.on("joined", lambda _: marks.setdefault("caller in R2", time.monotonic()))
+        mover.on("moved", lambda _: marks.setdefault("caller left R1", time.monotonic()))
+        stage = "A joins R1"
+        closers.append(
+            await RtcSession(url=url, token=call["a_token"], connect_timeout_s=30).connect()
+        )
+        stage = "B joins the lobby"
+        offers: asyncio.Queue[Any] = asyncio.Queue()
+        lobby = await _join_lobby(call["b_token"], url, b_svc, b_src, offers)
+        closers.append(lobby)
+        stage = "start_transfer"
+        ticket = await a_svc.start_transfer(
+            TransferRequest(
+                caller=call["c"], from_agent=call["a"], to_agent=call["b"], call_room=call["room"]
+            )
+        )
+        stage = "offer"
+        offer = await asyncio.wait_for(offers.get(), 30)
+        stage = "accept"
+        b_sess = await lobby.accept(offer.transfer_id)
+        onset = Onset(b_sess, CALLER_HZ)
+        closers.append(onset)
+        stage = "consulting"
+        await a_svc.wait_for_phase(ticket.transfer_id, ["consulting"], timeout_s=30)
+        setup.release()
+        released = True
+        _emit({"ready": tag})
+        await go.wait()
+        stage = "complete"
+        t0 = onset.after = time.monotonic()
+        snap = await a_svc.complete(ticket.transfer_id, agent=call["a"])
+        stage = "caller heard by B"
+        done = time.monotonic()
+        heard = await onset.wait(t0, max(0.0, t0 + AUDIO_TIMEOUT_S - time.monotonic()))
+        ok = snap.phase == "completed" and heard is not None
+        error = "" if ok else f"{snap.phase} {snap.reason}, caller heard: {heard is not None}"
+        marks["complete() returned"] = done
+        steps = ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in sorted(marks.items()))
+        error += f" (strategy {snap.strategy}; {steps})"
+        _emit({"result": tag, "t0": t0, "heard": heard, "ok": ok, "error": error, "steps": steps})
+    except Exception as exc:  # every failure is reported, with its stage
+        _emit({"result": tag, "ok": False, "error": f"{stage}: {exc!r}"})
+        if not released:
+            _emit({"ready": tag})
+    finally:
+        if not released:
+            setup.release()
+        for c in reversed(closers):
+            with contextlib.suppress(Exception):
+                await c.aclose()
+        for p in players:
+            await p.aclose()
+
+
+async def worker() -> None:
+    """Worker mode: read the config line, run its calls, complete them on ``go``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    cfg = json.loads(await reader.readline())
+    go = asyncio.Event()
+    setup = asyncio.Semaphore(SETUP_AT_ONCE)
+    calls = [asyncio.create_task(_worker_call(cfg, call, setup, go)) for call in cfg["calls"]]
+
+    async def wait_go() -> None:
+        await reader.readline()
+        go.set()
+
+    waiter = asyncio.create_task(wait_go())
+    await asyncio.gather(*calls, return_exceptions=True)
+    waiter.cancel()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
+    """N transfers at once, clients in worker processes; returns one table row."""
+    calls, keys = [], {}
+    for i in range(n):
+        tag = uuid.uuid4().hex[:8]
+        c, a, b = f"c-{tag}", f"a-{tag}", f"b-{tag}"
+        room = f"bench-{tag}"
+        a_key, b_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        keys[a_key] = Principal(a, "agent")
+        keys[b_key] = Principal(b, "agent")
+        mint = bench.minter.mint
+        calls.append(
+            {
+                "worker": i % workers,
+                "tag": tag,
+                "room": room,
+                "c": c,
+                "a": a,
+                "b": b,
+                "a_key": a_key,
+                "b_key": b_key,
+                "c_token": mint(role="caller", identity=c, room=room).token,
+                "a_token": mint(role="agent", identity=a, room=room).token,
+                "b_token": mint(role="agent", identity=b, room=bench.lobby).token,
+            }
+        )
+    port = _free_port()
+    app = create_app(service=bench.service, keys=KeyRing(keys))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
+    )
+    serving = asyncio.create_task(server.serve())
+    procs: list[asyncio.subprocess.Process] = []
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        ready: set[str] = set()
+        all_ready = asyncio.Event()
+
+        async def read(proc: asyncio.subprocess.Process) -> None:
+            assert proc.stdout is not None
+            async for line in proc.stdout:
+                with contextlib.suppress(json.JSONDecodeError):
+                    msg = json.loads(line)
+                    if "ready" in msg:
+                        ready.add(msg["ready"])
+                        if len(ready) >= n:
+                            all_ready.set()
+                    elif "result" in msg:
+                        results[msg["result"]] = msg
+
+        cfg = {"url": bench.server.url, "backend": f"http://127.0.0.1:{port}"}
+        readers = []
+        for w in range(workers):
+            mine = [c for c in calls if c["worker"] == w]
+            if not mine:
+                continue
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            procs.append(proc)
+            assert proc.stdin is not None
+            proc.stdin.write((json.dumps({**cfg, "calls": mine}) + "\n").encode())
+            await proc.stdin.drain()
+            readers.append(asyncio.create_task(read(proc)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_ready.wait(), READY_TIMEOUT_S)
+        await asyncio.sleep(1.0)  # steady state: hold in R1, consult in R2
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+        await asyncio.wait_for(
+            asyncio.gather(*readers, return_exceptions=True), AUDIO_TIMEOUT_S + 120
+        )
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()
+        server.should_exit = True
+        await serving
+    times = []
+    for c in calls:
+        r = results.get(c["tag"], {"ok": False, "error": "no result from the worker"})
+        if r["ok"]:
+            times.append((r["heard"] - r["t0"]) * 1000)
+            log.info("transfer timing: %s", r["steps"])
+        else:
+            print(f"n={n} failure: {r['error']}", file=sys.stderr)
+    return {
+        "n": n,
+        "p50_ms": round(pct(times, 50), 1),
+        "p95_ms": round(pct(times, 95), 1),
+        "failures": n - len(times),
+    }
+
+
+def _with_error(record: logging.LogRecord) -> bool:
+    """Show a record's ``error`` extra (the bench's own log; no personal data in it)."""
+    error = getattr(record, "error", None)
+    if error is not None and not getattr(record, "_error_shown", False):
+        record.msg = f"{record.msg}: {error}"
+        record._error_shown = True
+    return True
 
 
 def main() -> None:
@@ -321,10 +597,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="single transfers per strategy")
     parser.add_argument("--concurrent", default="10,25", help="comma-separated N values")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--workers", type=int, default=WORKERS, help="client processes")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--verbose", action="store_true", help="log the service's steps")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.ERROR)
+    logging.basicConfig(level=logging.ERROR, format="%(relativeCreated)d %(name)s %(message)s")
+    if args.verbose:
+        logging.getLogger("softphone").setLevel(logging.INFO)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_with_error)
+    if args.worker:
+        asyncio.run(worker())
+        return
     conc = [int(x) for x in args.concurrent.split(",") if x.strip()]
-    out = asyncio.run(run(args.runs, conc))
+    out = asyncio.run(run(args.runs, conc, max(1, args.workers)))
     if args.json:
         print(json.dumps(out))
         return
