@@ -70,10 +70,16 @@ class TonePlayer:
     Args:
         source: The audio source the frames go to (48 kHz mono).
         freq: Initial frequency in Hz.
+        frame_ms: Length of each frame pushed. Longer frames mean fewer
+            wake-ups and FFI calls (hold audio for many calls in one process)
+            but a change of frequency takes up to about that long to be heard.
     """
 
-    def __init__(self, source: rtc.AudioSource, freq: float = 440.0) -> None:
+    def __init__(
+        self, source: rtc.AudioSource, freq: float = 440.0, *, frame_ms: int = FRAME_MS
+    ) -> None:
         self._source = source
+        self._frame_ms = frame_ms
         self.freq = freq
         self._task: asyncio.Task[None] | None = None
         self.changed_at: float | None = None
@@ -91,16 +97,22 @@ class TonePlayer:
 
     async def _run(self) -> None:
         sample = 0
-        n = SAMPLE_RATE * FRAME_MS // 1000
+        ms = self._frame_ms
+        n = SAMPLE_RATE * ms // 1000
+        lead = max(LEAD_S, 1.5 * ms / 1000)
         started = time.monotonic()
         while True:
-            # Stay at most LEAD_S ahead of real time, so that a change of
+            # Stay at most `lead` ahead of real time, so that a change of
             # frequency is heard promptly instead of after a full queue.
             ahead = started + sample / SAMPLE_RATE - time.monotonic()
-            if ahead > LEAD_S:
-                await asyncio.sleep(ahead - LEAD_S)
-            cycle = tone_cycle(self.freq)
-            frame = cycle[(sample // n) % len(cycle)] if cycle else tone_frame(self.freq, sample)
+            if ahead > lead:
+                await asyncio.sleep(ahead - lead)
+            cycle = tone_cycle(self.freq, frame_ms=ms)
+            frame = (
+                cycle[(sample // n) % len(cycle)]
+                if cycle
+                else tone_frame(self.freq, sample, frame_ms=ms)
+            )
             await self._source.capture_frame(frame)
             sample += n
 

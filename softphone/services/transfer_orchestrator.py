@@ -71,6 +71,7 @@ from softphone.speech.summarizer import Summarizer, summarize_with_fallback
 log = logging.getLogger(__name__)
 
 HOLD_FREQ_HZ = 330.0
+HOLD_FRAME_MS = 40
 # While the caller moves: how often the rooms are checked, and how long the
 # caller may stay in R1 after arriving in R2 before R1 is closed anyway.
 MOVE_POLL_S = 0.1
@@ -427,7 +428,8 @@ class TransferOrchestrator(TransferService):
             await session.aclose()
             log.warning("hold audio unavailable")
             return
-        tone = TonePlayer(source, freq=HOLD_FREQ_HZ)
+        # 40 ms frames: a quarter of the wake-ups of 10 ms ones, for every call on hold.
+        tone = TonePlayer(source, freq=HOLD_FREQ_HZ, frame_ms=HOLD_FRAME_MS)
         tone.start()
         run.hold, run.hold_tone = session, tone
         if t.phase not in ("offering", "consulting"):
