@@ -50,6 +50,11 @@ BLOCK = SAMPLE_RATE // 25  # 40 ms: few wake-ups (CPU), and no underruns through
 MAX_BUFFER_SAMPLES = SAMPLE_RATE // 5  # 200 ms of playout backlog at most
 PUMP_S = 0.04  # how often the microphone pump looks for captured blocks (one block)
 STALL_S = 1.0  # a stream with no callback for this long is considered lost
+# A stream just opened can stall for seconds (measured through the pulse plugin
+# right after a rescan: first input callback after 2 s, output silent 1.4 s after
+# priming); judged by STALL_S, a fresh fallback device looked lost too and the
+# watcher rescanned again. Only a failed stream counts as lost that early.
+START_GRACE_S = 4.0
 
 DeviceKind = Literal["input", "output"]
 DeviceEvent = Literal["devices_changed", "device_switched", "device_error"]
@@ -126,11 +131,13 @@ class _Stream:
     def __init__(self, device: AudioDevice, stream: Any) -> None:
         self.device = device
         self.stream = stream
-        self.last_callback = time.monotonic()
+        self.opened = self.last_callback = time.monotonic()
 
     def lost(self) -> bool:
-        active = bool(getattr(self.stream, "active", False))
-        return not active or time.monotonic() - self.last_callback > STALL_S
+        if not bool(getattr(self.stream, "active", False)):
+            return True
+        now = time.monotonic()
+        return now - self.opened > START_GRACE_S and now - self.last_callback > STALL_S
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
