@@ -34,6 +34,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import secrets
 import socket
 import sys
@@ -73,6 +74,16 @@ SETUP_AT_ONCE = 1
 SETUP_ATTEMPTS = 3
 WORKERS = 4
 READY_TIMEOUT_S = 180.0
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
 
 
 def pct(values: list[float], q: float) -> float:
@@ -612,7 +623,8 @@ def main() -> None:
     conc = [int(x) for x in args.concurrent.split(",") if x.strip()]
     out = asyncio.run(run(args.runs, conc, max(1, args.workers)))
     if args.json:
-        print(json.dumps(out))
+        # No measurement (every transfer of a run failed) is null: NaN is not JSON.
+        print(json.dumps(_nan_to_none(out), allow_nan=False))
         return
     print(f"{'metric':34} {'p50':>8} {'p95':>8} {'max':>8}")
     for key in (
