@@ -79,6 +79,8 @@ MOVE_POLL_S = 0.1
 OFFER_DELIVERY_TIMEOUT_S = 10.0
 # LiveKit caps an RPC payload at 15 KiB; the offer keeps a margin under it.
 OFFER_PAYLOAD_BYTES = 14 * 1024
+# When a closed room is checked again for late joiners who re-created it.
+SWEEP_DELAYS_S = (1.0, 2.0, 4.0)
 MOVE_LEAVE_GRACE_S = 2.0
 # Pause between attempts of an RPC that was not delivered or not acknowledged.
 RPC_RETRY_S = 0.25
@@ -187,11 +189,14 @@ class TransferOrchestrator(TransferService):
             raise NotFoundError("transfer not found", details={"transfer_id": transfer_id})
         return run
 
-    async def _close_room(self, room: str) -> None:
+    async def _close_room(self, room: str, *, sweep: bool = True) -> None:
         """Remove everyone, then delete the room.
 
         Removing first matters: a client cut off by a bare room deletion may
         reconnect with its still-valid token and so create the room again.
+        A join already under way when the room closes (A's consult leg, whose
+        connect is never cancelled mid-way) re-creates it the same way, so
+        the room is checked again shortly after and closed if it came back.
         """
         try:
             people = await self._rooms.list_participants(room)
@@ -203,6 +208,16 @@ class TransferOrchestrator(TransferService):
         )
         with contextlib.suppress(LiveKitError):
             await self._rooms.delete_room(room)
+        if sweep:
+            self._spawn(self._sweep_room(room))
+
+    async def _sweep_room(self, room: str) -> None:
+        for delay_s in SWEEP_DELAYS_S:
+            await asyncio.sleep(delay_s)
+            with contextlib.suppress(LiveKitError):
+                if await self._rooms.list_rooms([room]):
+                    log.info("a closed room came back; closing it again")
+                    await self._close_room(room, sweep=False)
 
     async def _present(self, room: str) -> set[str]:
         try:
