@@ -1,10 +1,32 @@
-"""Mapping of the ``openai`` package's errors onto our :class:`SpeechError`."""
+"""The ``openai`` package as our OpenAI-compatible providers use it: client and errors."""
 
 from __future__ import annotations
 
 import openai
 
-from softphone.errors import SpeechError
+from softphone.config import Secret
+from softphone.errors import ConfigError, SpeechError
+
+
+def make_openai_client(
+    *, api_key: Secret | None, base_url: str, timeout_s: float, max_retries: int, what: str
+) -> openai.AsyncOpenAI:
+    """An async client for an OpenAI-compatible server.
+
+    The ``openai`` client owns HTTP retries (5xx, 429, connection errors,
+    with backoff; never other 4xx).
+
+    Raises:
+        ConfigError: No API key; ``what`` names the feature that needs it.
+    """
+    if api_key is None or not api_key.get():
+        raise ConfigError(f"{what} needs an API key: set OPENAI_API_KEY")
+    return openai.AsyncOpenAI(
+        api_key=api_key.get(),
+        base_url=base_url or None,
+        timeout=timeout_s,
+        max_retries=max_retries,
+    )
 
 
 def speech_error_from_openai(exc: openai.OpenAIError, what: str) -> SpeechError:

@@ -14,8 +14,8 @@ import openai
 
 from softphone.config import Secret
 from softphone.domain.transcript import TranscriptSegment
-from softphone.errors import ConfigError, SpeechError
-from softphone.speech.openai_errors import speech_error_from_openai
+from softphone.errors import SpeechError
+from softphone.speech.openai_client import make_openai_client, speech_error_from_openai
 from softphone.speech.stt import BatchStt, Transcript
 
 
@@ -45,14 +45,13 @@ class OpenAIStt(BatchStt):
         max_retries: int = 2,
     ) -> None:
         super().__init__(timeout_s=timeout_s)
-        if api_key is None or not api_key.get():
-            raise ConfigError("openai speech-to-text needs an API key: set OPENAI_API_KEY")
         self.model = model
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key.get(),
-            base_url=base_url or None,
-            timeout=timeout_s,
+        self._client = make_openai_client(
+            api_key=api_key,
+            base_url=base_url,
+            timeout_s=timeout_s,
             max_retries=max_retries,
+            what="openai speech-to-text",
         )
 
     async def _transcribe_impl(

@@ -19,8 +19,8 @@ import openai
 from softphone.config import Secret
 from softphone.domain.summary import SENTIMENTS, SummaryCard
 from softphone.domain.transcript import TranscriptSegment, as_text
-from softphone.errors import ConfigError, SpeechError, ValidationError
-from softphone.speech.openai_errors import speech_error_from_openai
+from softphone.errors import SpeechError, ValidationError
+from softphone.speech.openai_client import make_openai_client, speech_error_from_openai
 from softphone.speech.summarizer import Summarizer
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,13 @@ class OpenAISummarizer(Summarizer):
         max_retries: int = 2,
     ) -> None:
         super().__init__(timeout_s=timeout_s)
-        if api_key is None or not api_key.get():
-            raise ConfigError("the openai summarizer needs an API key: set OPENAI_API_KEY")
         self.model = model
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key.get(),
-            base_url=base_url or None,
-            timeout=timeout_s,
+        self._client = make_openai_client(
+            api_key=api_key,
+            base_url=base_url,
+            timeout_s=timeout_s,
             max_retries=max_retries,
+            what="the openai summarizer",
         )
 
     async def _summarize_impl(self, segments: Sequence[TranscriptSegment]) -> SummaryCard:
