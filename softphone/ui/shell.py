@@ -9,11 +9,13 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import qasync
+import shiboken6
 from PySide6.QtCore import QSocketNotifier
 from PySide6.QtWidgets import QApplication
 
@@ -26,52 +28,98 @@ log = logging.getLogger(__name__)
 
 
 class QtLoop(qasync.QEventLoop):  # type: ignore[misc]
-    """qasync's event loop, woken from other threads through a self-pipe.
+    """qasync's event loop, with callbacks queued here and woken through a self-pipe.
 
-    qasync wakes the loop from another thread by emitting a Qt signal there.
-    With PySide6 6.12 every such emit from a non-Qt thread drops one reference
-    to ``True`` until the interpreter aborts ("bool_dealloc"), and the LiveKit
-    SDK calls ``call_soon_threadsafe`` for every media event. Here the other
-    thread only appends to a deque and writes a byte to a pipe; a
-    ``QSocketNotifier`` on the main thread drains both. No Qt call happens off
-    the main thread.
+    qasync runs every ``call_soon`` through a Qt timer of its own (start,
+    fire, kill: the biggest share of the app's CPU in a call, where futures
+    resolve by the hundred per second), and wakes the loop from other threads
+    by emitting a Qt signal there. With PySide6 6.12 every such emit from a
+    non-Qt thread drops one reference to ``True`` until the interpreter aborts
+    ("bool_dealloc"), and the LiveKit SDK calls ``call_soon_threadsafe`` for
+    every media event. Here both go into one ready queue: other threads only
+    append to it and write a byte to a pipe; a ``QSocketNotifier`` on the main
+    thread runs what is queued. No Qt call happens off the main thread. Timed
+    callbacks (``call_later``) stay Qt timers.
     """
 
     def __init__(self, app: QApplication) -> None:
         super().__init__(app)
-        self._pending: collections.deque[tuple[Any, tuple[Any, ...], Any]] = collections.deque()
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._woken = False  # a wake-up byte is in the pipe for the ready queue
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
         self._notifier = QSocketNotifier(self._rfd, QSocketNotifier.Type.Read)
         self._notifier.activated.connect(self._on_wakeup)
+        # LiveKit's FFI threads keep calling in after close; the lock keeps them
+        # from writing to a closed descriptor number that the OS may have
+        # handed to another file or socket meanwhile.
+        self._pipe_lock = threading.Lock()
+        self._pipe_open = True
 
-    def call_soon_threadsafe(self, callback: Any, *args: Any, context: Any = None) -> None:
-        self._pending.append((callback, args, context))
+    def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):  # full pipe: a wake-up is pending
             os.write(self._wfd, b"\0")
 
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        if not self._woken:
+            self._woken = True
+            self._wake()
+        return handle
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any, context: Any = None) -> None:
+        with self._pipe_lock:
+            if not self._pipe_open:
+                return
+            self._ready.append(asyncio.Handle(callback, args, self, context))  # deque: atomic
+            self._wake()
+
+    def run_forever(self) -> Any:
+        self._wake()  # run what was queued while the loop was not running
+        return super().run_forever()
+
     def _on_wakeup(self, *_: Any) -> None:
+        self._woken = False
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._rfd, 4096):
                 pass
-        # Run them here, on the loop's thread, instead of through call_soon:
-        # qasync starts a Qt timer per call_soon, and media events come by
-        # the hundred per second.
-        direct = asyncio.events._get_running_loop() is self
-        while self._pending:
-            callback, args, context = self._pending.popleft()
-            if direct:
-                asyncio.Handle(callback, args, self, context)._run()
-            else:  # Qt is processing events outside run_forever: keep them for later
-                self.call_soon(callback, *args, context=context)
+        if asyncio.events._get_running_loop() is not self:
+            return  # Qt is processing events outside run_forever: keep them for it
+        # Only what is queued now: callbacks queued by these run on the next
+        # wake-up, after Qt has had its turn (input, painting, timers).
+        for _i in range(len(self._ready)):
+            handle = self._ready.popleft()
+            if not handle.cancelled():
+                handle._run()
+        if self._ready and not self._woken:
+            self._woken = True
+            self._wake()
 
     def close(self) -> None:
+        """Close the loop and destroy its Qt objects now, on this (the main) thread.
+
+        qasync's timer object keeps Qt timers registered for callbacks that
+        never ran (a cancelled ``sleep``). Left to Python, the closed loop is
+        freed by whichever thread runs the garbage collector next, often a
+        LiveKit or executor thread; Qt cannot unregister timers from another
+        thread, so the next one to fire is delivered to freed memory (the
+        segfault in ``QMetaObject::cast`` the UI tests hit now and then).
+        """
         self._notifier.setEnabled(False)
         super().close()
-        for fd in (self._rfd, self._wfd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._pipe_lock:
+            self._pipe_open = False
+            self._ready.clear()
+            for fd in (self._rfd, self._wfd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for obj in (self._timer, self._notifier):
+            if shiboken6.isValid(obj):
+                shiboken6.delete(obj)
 
 
 WindowFactory = Callable[[contextlib.AsyncExitStack], Awaitable[Sequence[RoleWindow]]]
