@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 48000
 BLOCK = SAMPLE_RATE // 25  # 40 ms: few wake-ups (CPU), and no underruns through the pulse plugin
 MAX_BUFFER_SAMPLES = SAMPLE_RATE // 5  # 200 ms of playout backlog at most
-PUMP_S = 0.04  # how often the microphone pump looks for captured blocks (one block)
 STALL_S = 1.0  # a stream with no callback for this long is considered lost
 # A stream just opened can stall for seconds (measured through the pulse plugin
 # right after a rescan: first input callback after 2 s, output silent 1.4 s after
@@ -158,11 +157,11 @@ class Microphone:
         self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
         self.levels = LevelTracker()
         self._stream: _Stream | None = None
-        # The PortAudio thread only appends here (deque appends are atomic);
-        # the pump drains it on the loop. No call into the loop (or Qt) from
-        # the audio thread: qasync's thread-safe wake-ups from a foreign C
-        # thread crashed PySide6.
+        # The PortAudio thread appends here (deque appends are atomic) and
+        # wakes the pump with call_soon_threadsafe, which on the app's QtLoop
+        # is a pipe write, never a Qt call from the audio thread.
         self._blocks: collections.deque[bytes] = collections.deque(maxlen=25)
+        self._captured = asyncio.Event()
         self._taps: list[Callable[[np.ndarray], None]] = []
         self._pump = self._loop.create_task(self._run_pump())
 
@@ -197,6 +196,8 @@ class Microphone:
             pcm = indata[:, 0].copy()
             self.levels.feed(pcm)
             self._blocks.append(pcm.tobytes())
+            with contextlib.suppress(RuntimeError):  # the loop closed under a last callback
+                self._loop.call_soon_threadsafe(self._captured.set)
 
         stream = sd.InputStream(
             device=device.index,
@@ -220,7 +221,8 @@ class Microphone:
     async def _run_pump(self) -> None:
         while True:
             if not self._blocks:
-                await asyncio.sleep(PUMP_S)
+                self._captured.clear()
+                await self._captured.wait()
                 continue
             data = self._blocks.popleft()
             frame = rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2)

@@ -18,7 +18,8 @@ def level_of(pcm: np.ndarray | bytes | memoryview) -> float:
     samples = np.frombuffer(pcm, dtype=np.int16) if not isinstance(pcm, np.ndarray) else pcm
     if samples.size == 0:
         return 0.0
-    rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float32) / 32768.0))))
+    x = samples.astype(np.float32)
+    rms = math.sqrt(float(np.dot(x, x)) / x.size) / 32768.0
     if rms <= 0.0:
         return 0.0
     db = 20.0 * math.log10(rms)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QRectF, QSize, Qt
+from PySide6.QtCore import QRect, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
@@ -20,6 +20,10 @@ class LevelMeter(QWidget):
         self.setAccessibleName(name)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setMinimumHeight(10)
+        # Square and fully painted: a repaint (ten a second while someone
+        # talks) then touches this widget only, not the styled group box
+        # behind it, which rounded, antialiased corners would expose.
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
 
     @property
     def level(self) -> float:
@@ -39,11 +43,8 @@ class LevelMeter(QWidget):
 
     def paintEvent(self, event: QPaintEvent) -> None:
         p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        r = QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5)
-        p.setPen(Qt.PenStyle.NoPen)
-        p.setBrush(self.palette().color(QPalette.ColorRole.AlternateBase))
-        p.drawRoundedRect(r, 4, 4)
+        r = self.rect()
+        p.fillRect(r, self.palette().color(QPalette.ColorRole.AlternateBase))
         if self._level > 0:
             color = (
                 QColor("#2e9d5b")
@@ -52,6 +53,5 @@ class LevelMeter(QWidget):
                 if self._level < 0.92
                 else QColor("#d64545")
             )
-            p.setBrush(color)
-            p.drawRoundedRect(QRectF(r.x(), r.y(), r.width() * self._level, r.height()), 4, 4)
+            p.fillRect(QRect(r.x(), r.y(), round(r.width() * self._level), r.height()), color)
         p.end()
