@@ -21,8 +21,12 @@ pytestmark = pytest.mark.integration
 def _run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SOFTPHONE_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-m", "softphone", *args], capture_output=True, text=True, env=env,
-        timeout=60, check=False,
+        [sys.executable, "-m", "softphone", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
@@ -53,8 +57,15 @@ def test_bad_flags_are_clear_errors(tmp_path: Path, args: list[str], needle: str
 async def test_server_mode_prints_working_tokens_and_stops_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "SOFTPHONE_HOME": str(tmp_path)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "softphone", "server", "--room", "cli-room",
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        sys.executable,
+        "-m",
+        "softphone",
+        "server",
+        "--room",
+        "cli-room",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -75,4 +86,7 @@ async def test_server_mode_prints_working_tokens_and_stops_cleanly(tmp_path: Pat
     proc.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     for pid in server_pids:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )
