@@ -64,7 +64,7 @@ class BackendProcess:
     ) -> None:
         self._lk = livekit_server
         self._dir = workdir
-        self._lobby = lobby
+        self.lobby = lobby
         self._offer_timeout_s = offer_timeout_s
         self._extra_args = extra_args
         self._extra_env = dict(extra_env or {})
@@ -104,7 +104,7 @@ class BackendProcess:
             "--keys-file",
             str(keys_file),
             "--lobby",
-            self._lobby,
+            self.lobby,
             "--offer-timeout",
             str(self._offer_timeout_s),
             "--move-timeout",

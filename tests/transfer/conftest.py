@@ -96,31 +96,42 @@ async def backend_env(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[TransferEnv]:
     """The real backend under uvicorn (a child process), one per session."""
-    async with BackendProcess(
-        livekit_server=livekit_server,
-        workdir=tmp_path_factory.mktemp("backend"),
-        lobby="lobby-backend",
-        offer_timeout_s=OFFER_TIMEOUT_S,
-    ) as backend:
-        clients: dict[str, TransferService] = {}
+    async with (
+        BackendProcess(
+            livekit_server=livekit_server,
+            workdir=tmp_path_factory.mktemp("backend"),
+            lobby="lobby-backend",
+            offer_timeout_s=OFFER_TIMEOUT_S,
+        ) as backend,
+        clients_env(backend, url=livekit_server.url, minter=minter) as env,
+    ):
+        yield env
 
-        def service_for(identity: str) -> TransferService:
-            if identity not in clients:
-                clients[identity] = backend.client_for(identity)
-            return clients[identity]
 
-        try:
-            yield TransferEnv(
-                kind="backend",
-                url=livekit_server.url,
-                lobby="lobby-backend",
-                minter=minter,
-                service_for=service_for,
-                backend=backend,
-            )
-        finally:
-            for c in clients.values():
-                await c.aclose()
+@contextlib.asynccontextmanager
+async def clients_env(
+    backend: BackendProcess, *, url: str, minter: TokenMinter
+) -> AsyncIterator[TransferEnv]:
+    """A TransferEnv over ``backend``: one HTTP client per identity, all closed at the end."""
+    clients: dict[str, TransferService] = {}
+
+    def service_for(identity: str) -> TransferService:
+        if identity not in clients:
+            clients[identity] = backend.client_for(identity)
+        return clients[identity]
+
+    try:
+        yield TransferEnv(
+            kind="backend",
+            url=url,
+            lobby=backend.lobby,
+            minter=minter,
+            service_for=service_for,
+            backend=backend,
+        )
+    finally:
+        for c in clients.values():
+            await c.aclose()
 
 
 @pytest.fixture(params=["embedded", "backend"])

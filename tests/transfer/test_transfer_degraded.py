@@ -25,6 +25,7 @@ from tests.transfer.backend_process import BackendProcess
 from tests.transfer.conftest import (
     OFFER_TIMEOUT_S,
     TransferEnv,
+    clients_env,
     eventually,
     open_call,
     room_exists,
@@ -99,33 +100,18 @@ async def degraded_backend(
     openai_api: FakeOpenAI,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[TransferEnv]:
-    async with BackendProcess(
-        livekit_server=livekit_server,
-        workdir=tmp_path_factory.mktemp("degraded-backend"),
-        lobby="lobby-degraded-backend",
-        offer_timeout_s=OFFER_TIMEOUT_S,
-        extra_args=("--summarizer", "openai", "--summary-timeout", str(SUMMARY_TIMEOUT_S)),
-        extra_env={"OPENAI_API_KEY": openai_api.api_key, "OPENAI_BASE_URL": openai_api.v1},
-    ) as backend:
-        clients = {}
-
-        def service_for(identity: str):  # type: ignore[no-untyped-def]
-            if identity not in clients:
-                clients[identity] = backend.client_for(identity)
-            return clients[identity]
-
-        try:
-            yield TransferEnv(
-                kind="backend",
-                url=livekit_server.url,
-                lobby="lobby-degraded-backend",
-                minter=minter,
-                service_for=service_for,
-                backend=backend,
-            )
-        finally:
-            for c in clients.values():
-                await c.aclose()
+    async with (
+        BackendProcess(
+            livekit_server=livekit_server,
+            workdir=tmp_path_factory.mktemp("degraded-backend"),
+            lobby="lobby-degraded-backend",
+            offer_timeout_s=OFFER_TIMEOUT_S,
+            extra_args=("--summarizer", "openai", "--summary-timeout", str(SUMMARY_TIMEOUT_S)),
+            extra_env={"OPENAI_API_KEY": openai_api.api_key, "OPENAI_BASE_URL": openai_api.v1},
+        ) as backend,
+        clients_env(backend, url=livekit_server.url, minter=minter) as env,
+    ):
+        yield env
 
 
 @pytest.fixture(params=["embedded", "backend"])

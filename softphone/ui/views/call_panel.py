@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, get_args
 
 from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
@@ -24,24 +24,16 @@ from PySide6.QtWidgets import (
 from softphone.domain.identifiers import validate_room_name
 from softphone.errors import ValidationError
 from softphone.media.devices import DeviceSwitch
-from softphone.media.session import Disconnected, ParticipantChange, RemoteAudio
+from softphone.media.session import Disconnected, ParticipantChange, RemoteAudio, SessionEvent
 from softphone.ui.async_slot import Report, run_task
 from softphone.ui.bridge import EventBridge
 from softphone.ui.views.call_controller import CallController
 from softphone.ui.widgets.event_log import EventLog
 from softphone.ui.widgets.level_meter import LevelMeter
 
-SESSION_EVENTS = (
-    "connected",
-    "reconnecting",
-    "reconnected",
-    "disconnected",
-    "participant_joined",
-    "participant_left",
-    "participant_attributes_changed",
-    "remote_audio",
-    "remote_audio_ended",
-    "connection_quality",
+# Every session event but room metadata and data, which other views handle.
+SESSION_EVENTS = tuple(
+    e for e in get_args(SessionEvent) if e not in ("room_metadata_changed", "data")
 )
 QUALITY = {0: "poor", 1: "good", 2: "excellent", 3: "lost"}
 
