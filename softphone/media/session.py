@@ -43,6 +43,7 @@ SessionEvent = Literal[
 SAMPLE_RATE = 48000
 # Connects given up on (timeout, cancellation) that still run to completion.
 _ABANDONED: set[asyncio.Future[None]] = set()
+DISCONNECT_TIMEOUT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +296,16 @@ class RtcSession(EventEmitter[SessionEvent]):
         if self._muted:
             track.mute()
 
+    def restrict_subscribers(self, identities: Sequence[str]) -> None:
+        """Let only ``identities`` subscribe to this participant's tracks (server-enforced)."""
+        self.room.local_participant.set_track_subscription_permissions(
+            allow_all_participants=False,
+            participant_permissions=[
+                rtc.ParticipantTrackPermission(participant_identity=i, allow_all=True)
+                for i in identities
+            ],
+        )
+
     async def unpublish_audio(self) -> None:
         """Stop publishing the microphone track."""
         pub, self._mic_pub, self._mic = self._mic_pub, None, None
@@ -431,8 +442,20 @@ class RtcSession(EventEmitter[SessionEvent]):
             return
         self._closed = True
         await self.unpublish_audio()
-        with contextlib.suppress(Exception):
-            await self.room.disconnect()
+        # The SDK's disconnect waits for the room's event task, which now and
+        # then never ends (seen while the engine was resuming a connection).
+        # Bounded, so hanging up never hangs the app; a leave that did not
+        # finish goes on in the background, and the server drops a silent
+        # participant by itself.
+        leaving = asyncio.ensure_future(self.room.disconnect())
+        try:
+            await asyncio.wait_for(asyncio.shield(leaving), DISCONNECT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("leaving the room did not finish in time; going on")
+            _ABANDONED.add(leaving)
+            leaving.add_done_callback(_ABANDONED.discard)
+        except Exception:
+            log.debug("leaving the room failed", exc_info=True)
 
     async def __aenter__(self) -> RtcSession:
         return await self.connect()
