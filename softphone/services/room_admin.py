@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from livekit import api
+from livekit.protocol import models
 from livekit.protocol import room as proto_room
 
 from softphone.config import Secret
@@ -279,6 +280,24 @@ class RoomAdmin:
         return _participant(
             await self._call(
                 "update participant",
+                self._api.room.update_participant(req),
+                room=room,
+                identity=identity,
+            )
+        )
+
+    async def set_permission(
+        self, room: str, identity: str, permission: models.ParticipantPermission
+    ) -> ParticipantInfo:
+        """Replace a participant's in-room permission (takes effect at once)."""
+        validate_room_name(room)
+        validate_identity(identity)
+        req = proto_room.UpdateParticipantRequest(
+            room=room, identity=identity, permission=permission
+        )
+        return _participant(
+            await self._call(
+                "update permission",
                 self._api.room.update_participant(req),
                 room=room,
                 identity=identity,

@@ -9,6 +9,13 @@ lives for minutes.
 | caller     | microphone                    | yes       | yes  | no     | no             |
 | agent      | microphone                    | yes       | yes  | no     | yes (presence) |
 | supervisor | nothing (listen); mic (whisper, barge) | yes | yes | listen only | no |
+| caller, standby | nothing                  | no        | no   | yes    | no             |
+
+A standby caller is connected to a transfer room ahead of the move, unseen
+and unable to hear, publish or send anything; completing the transfer gives it
+the caller's permissions (:meth:`TokenMinter.permission`) through the server
+API, so the move costs no new connection.
+
 
 A whispering supervisor is visible to the room's clients (a hidden participant's
 tracks reach nobody), and restricts who may subscribe to its mic with track
@@ -23,6 +30,7 @@ import time
 from typing import Literal
 
 from livekit import api
+from livekit.protocol import models
 
 from softphone.config import Secret
 from softphone.domain.identifiers import validate_identity, validate_room_name
@@ -32,6 +40,7 @@ TokenRole = Literal["caller", "agent", "supervisor"]
 SupervisorMode = Literal["listen", "whisper", "barge"]
 ROLES: tuple[TokenRole, ...] = ("caller", "agent", "supervisor")
 MIN_TTL_S = 1
+SOURCES = {"microphone": models.TrackSource.MICROPHONE}
 MAX_TTL_S = 24 * 3600
 
 
@@ -76,6 +85,7 @@ class TokenMinter:
         name: str = "",
         attributes: dict[str, str] | None = None,
         supervisor_mode: SupervisorMode = "listen",
+        standby: bool = False,
     ) -> IssuedToken:
         """Mint a token for one identity in one room.
 
@@ -88,6 +98,8 @@ class TokenMinter:
             attributes: Initial participant attributes.
             supervisor_mode: For supervisors: listen (hidden, publishes nothing),
                 whisper or barge (visible, may publish the mic).
+            standby: For callers: the standby grant (hidden; no publish,
+                subscribe or data) of a caller waiting to be moved.
 
         Raises:
             ValidationError: A bad role, identity, room, TTL or mode.
@@ -101,7 +113,19 @@ class TokenMinter:
             raise ValidationError("ttl_s", f"must be between {MIN_TTL_S} and {MAX_TTL_S} seconds")
         if supervisor_mode not in ("listen", "whisper", "barge"):
             raise ValidationError("supervisor_mode", "must be listen, whisper or barge")
+        if standby and role != "caller":
+            raise ValidationError("standby", "only a caller can be on standby")
         grants = self._grants(role, room, supervisor_mode)
+        if standby:
+            grants = api.VideoGrants(
+                room_join=True,
+                room=room,
+                can_subscribe=False,
+                can_publish=False,
+                can_publish_data=False,
+                hidden=True,
+                can_update_own_metadata=False,
+            )
         token = (
             api.AccessToken(self._api_key, self._api_secret.get())
             .with_identity(identity)
@@ -116,6 +140,21 @@ class TokenMinter:
             room=room,
             role=role,
             expires_at=time.time() + ttl,
+        )
+
+    @classmethod
+    def permission(cls, role: TokenRole) -> models.ParticipantPermission:
+        """The in-room permission of ``role`` (what a standby caller is given on the move)."""
+        if role not in ROLES:
+            raise ValidationError("role", f"must be one of {', '.join(ROLES)}")
+        g = cls._grants(role, "any", "listen")
+        return models.ParticipantPermission(
+            can_subscribe=bool(g.can_subscribe),
+            can_publish=bool(g.can_publish),
+            can_publish_data=bool(g.can_publish_data),
+            can_publish_sources=[SOURCES[s] for s in g.can_publish_sources or []],
+            hidden=bool(g.hidden),
+            can_update_metadata=bool(g.can_update_own_metadata),
         )
 
     @staticmethod

@@ -55,6 +55,7 @@ from softphone.services.transfer_service import (
     RPC_JOIN,
     RPC_MOVE,
     RPC_OFFER,
+    RPC_STANDBY,
     RPC_WITHDRAW,
     STATUS_TOPIC,
     SUMMARY_TOPIC,
@@ -84,6 +85,8 @@ SWEEP_DELAYS_S = (1.0, 2.0, 4.0)
 MOVE_LEAVE_GRACE_S = 2.0
 # Pause between attempts of an RPC that was not delivered or not acknowledged.
 RPC_RETRY_S = 0.25
+# How long the caller's app may take to get on standby in the transfer room.
+STANDBY_DELIVERY_TIMEOUT_S = 15.0
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
 _WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
 
@@ -100,6 +103,11 @@ class _Run:
     hold: RtcSession | None = None
     hold_tone: TonePlayer | None = None
     intro_moved: bool = False
+
+
+def _hold_identity(t: Transfer) -> str:
+    """The participant that plays hold audio in the call room."""
+    return f"hold-{t.transfer_id}"
 
 
 class TransferOrchestrator(TransferService):
@@ -171,8 +179,10 @@ class TransferOrchestrator(TransferService):
         if not task.cancelled() and task.exception() is not None:
             log.error("transfer task failed", exc_info=task.exception())
 
-    def _grant(self, role: TokenRole, identity: str, room: str) -> TokenGrant:
-        issued = self._minter.mint(role=role, identity=identity, room=room)
+    def _grant(
+        self, role: TokenRole, identity: str, room: str, *, standby: bool = False
+    ) -> TokenGrant:
+        issued = self._minter.mint(role=role, identity=identity, room=room, standby=standby)
         return TokenGrant(
             token=issued.token,
             identity=identity,
@@ -338,6 +348,7 @@ class TransferOrchestrator(TransferService):
             await self._give_back(run, EndReason("no_answer", "the offer could not be delivered"))
         else:
             self._spawn(self._await_decision(run))
+            self._spawn(self._standby_caller(run))
         token = self._grant("agent", req.from_agent, new_room) if consults(req.mode) else None
         return TransferTicket(transfer=transfer.snapshot(), consult_token=token)
 
@@ -369,6 +380,39 @@ class TransferOrchestrator(TransferService):
                     raise
                 log.info("rpc not through; trying again", extra={"error": exc.message})
             await asyncio.sleep(RPC_RETRY_S)
+
+    async def _standby_caller(self, run: _Run) -> None:
+        """Have the caller's app connect to R2 on standby while B is offered the call.
+
+        Hidden, unable to hear, publish or send (see the token minter), so the
+        consult stays private; completing then only changes its permissions
+        instead of making a new connection when every other call on the server
+        may be moving too. A caller app without standby (SIP, foreign) just
+        joins when moved.
+        """
+        t = run.transfer
+        grant = self._grant("caller", t.caller, t.new_room, standby=True)
+        try:
+            await self._deliver(
+                t.call_room,
+                t.caller,
+                RPC_STANDBY,
+                json.dumps(grant.to_dict()),
+                within_s=STANDBY_DELIVERY_TIMEOUT_S,
+            )
+        except SoftphoneError as exc:
+            log.info("caller not on standby; it joins when moved", extra={"error": exc.message})
+        if not t.active and t.phase != "completed":
+            # Returned or ended while the caller was connecting: that join
+            # re-created the closed room; close it again.
+            await self._close_room(t.new_room, sweep=False)
+
+    async def _publishing(self, room: str) -> set[str]:
+        """Identities in ``room`` with an audio track (a standby caller has none)."""
+        try:
+            return {p.identity for p in await self._rooms.list_participants(room) if p.audio_tracks}
+        except NotFoundError:
+            return set()
 
     async def _check_parties(self, req: TransferRequest) -> None:
         present = await self._rooms.list_participants(req.call_room)
@@ -433,11 +477,14 @@ class TransferOrchestrator(TransferService):
 
     async def _start_hold(self, run: _Run) -> None:
         t = run.transfer
-        grant = self._grant("agent", f"hold-{t.transfer_id}", t.call_room)
+        grant = self._grant("agent", _hold_identity(t), t.call_room)
         session = RtcSession(url=self._url, token=grant.token)
         source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
         try:
             await session.connect()
+            # For the caller's ears only: A (consulting with B meanwhile) and
+            # anyone else in R1 never receive it, and nobody decodes it for nothing.
+            session.restrict_subscribers([t.caller])
             await session.publish_audio(source, name="hold")
         except SoftphoneError:
             await session.aclose()
@@ -450,14 +497,20 @@ class TransferOrchestrator(TransferService):
         if t.phase not in ("offering", "consulting"):
             await self._stop_hold(run)
 
-    @staticmethod
-    async def _stop_hold(run: _Run) -> None:
+    async def _stop_hold(self, run: _Run) -> None:
         tone, run.hold_tone = run.hold_tone, None
         session, run.hold = run.hold, None
         if tone is not None:
             await tone.aclose()
         if session is not None:
             await session.aclose()
+            # A session closed while its track was still being negotiated may
+            # not say goodbye, and the server would keep the hold participant
+            # in the call room until it times out: remove it server-side too.
+            with contextlib.suppress(SoftphoneError):
+                await self._rooms.remove_participant(
+                    run.transfer.call_room, _hold_identity(run.transfer)
+                )
 
     # ---- offer, accept, decline ---------------------------------------------
 
@@ -547,6 +600,13 @@ class TransferOrchestrator(TransferService):
         await self._step(run, "completing")
         t.set_strategy("move_caller")
         grant = self._grant("caller", t.caller, t.new_room)
+        if t.caller in await self._present(t.new_room):  # on standby: may speak and hear now
+            try:
+                await self._rooms.set_permission(
+                    t.new_room, t.caller, self._minter.permission("caller")
+                )
+            except SoftphoneError as exc:
+                log.warning("standby caller not promoted", extra={"error": exc.message})
         try:
             outcome = await self._move_caller(t, json.dumps(grant.to_dict()))
         except SoftphoneError as exc:
@@ -591,7 +651,7 @@ class TransferOrchestrator(TransferService):
                 if not (exc.retryable or isinstance(exc, NotFoundError)):
                     raise
                 log.info("move instruction not through", extra={"error": exc.message})
-            if t.caller in await self._present(t.new_room):
+            if t.caller in await self._publishing(t.new_room):
                 return await self._await_move(t, joined=True)
             if time.monotonic() > deadline or t.caller not in await self._present(t.call_room):
                 # Moving on its own (the answer was lost), hung up, or never obeying.
@@ -615,7 +675,7 @@ class TransferOrchestrator(TransferService):
         while time.monotonic() < deadline:
             now = time.monotonic()
             if arrived is None:
-                if t.caller in await self._present(t.new_room):
+                if t.caller in await self._publishing(t.new_room):
                     arrived = now
                 elif now - started > MOVE_LEAVE_GRACE_S and t.caller not in await self._present(
                     t.call_room

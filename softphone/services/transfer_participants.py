@@ -37,6 +37,7 @@ from softphone.services.transfer_service import (
     RPC_JOIN,
     RPC_MOVE,
     RPC_OFFER,
+    RPC_STANDBY,
     RPC_WITHDRAW,
     STATUS_TOPIC,
     AgentEntry,
@@ -111,6 +112,13 @@ async def _join(grant: TokenGrant, mic: rtc.AudioSource | None) -> RtcSession:
             await session.aclose()
             raise
     return session
+
+
+def _result(task: asyncio.Task[RtcSession]) -> RtcSession | None:
+    """The session a finished connect task made; None while running or if it failed."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 async def _first_audio(session: RtcSession, timeout_s: float) -> None:
@@ -373,7 +381,74 @@ class CallerMover(EventEmitter[CallerEvent]):
         self.moves: list[Moved] = []
         # Moves under way or done, by room: a repeated instruction joins the first.
         self._moving: dict[str, asyncio.Task[Any]] = {}
+        # Standby connections to transfer rooms, by room (see _on_standby).
+        self._standby: dict[str, asyncio.Task[RtcSession]] = {}
+        self._register(session)
+
+    def _register(self, session: RtcSession) -> None:
         session.register_rpc(RPC_MOVE, self._on_move)
+        if self._strategy == "make_before_break":  # the naive baseline joins from scratch
+            session.register_rpc(RPC_STANDBY, self._on_standby)
+
+    def standby(self, room: str) -> RtcSession | None:
+        """The connected standby session in ``room``, if the app is waiting there."""
+        task = self._standby.get(room)
+        return _result(task) if task is not None else None
+
+    async def _on_standby(self, inv: rtc.RpcInvocationData) -> str:
+        """Connect to the transfer room ahead of the move, unseen and deaf.
+
+        The standby grant lets this session neither publish nor subscribe; the
+        service turns it into the caller's permissions when the transfer
+        completes, and the move then only publishes the mic here. A repeated
+        instruction finds the same connection.
+        """
+        grant = _parse_grant(inv.payload)
+        task = self._standby.get(grant.room)
+        if task is None:
+            task = self._tasks.spawn(self._connect_standby(grant))
+            self._standby[grant.room] = task
+        try:
+            await asyncio.shield(task)
+        except MediaError as exc:
+            self._standby.pop(grant.room, None)
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        return "ready"
+
+    async def _connect_standby(self, grant: TokenGrant) -> RtcSession:
+        session = RtcSession(url=grant.url, token=grant.token)
+        await session.connect()
+
+        def gone(_reason: object) -> None:
+            # The transfer ended without a move: its room was closed under us.
+            task = self._standby.get(grant.room)
+            if task is not None and _result(task) is session:
+                del self._standby[grant.room]
+                self._tasks.spawn(session.aclose())
+
+        session.on("disconnected", gone)
+        return session
+
+    async def _take_standby(self, grant: TokenGrant) -> RtcSession | None:
+        """The standby session in ``grant.room``, publishing the mic; None if there is none."""
+        task = self._standby.pop(grant.room, None)
+        if task is None:
+            return None
+        try:
+            session = await asyncio.shield(task)
+        except (MediaError, asyncio.CancelledError):
+            return None
+        if not session.connected:
+            await session.aclose()
+            return None
+        if self._mic is not None:
+            try:
+                await session.publish_audio(self._mic)
+            except MediaError:
+                log.info("standby session could not publish; joining afresh")
+                await session.aclose()
+                return None
+        return session
 
     async def _on_move(self, inv: rtc.RpcInvocationData) -> str:
         grant = _parse_grant(inv.payload)
@@ -412,8 +487,8 @@ class CallerMover(EventEmitter[CallerEvent]):
             log.warning("caller could not move; staying in the call room")
 
     async def _enter(self, grant: TokenGrant) -> RtcSession:
-        new = await _join(grant, self._mic)
-        new.register_rpc(RPC_MOVE, self._on_move)
+        new = await self._take_standby(grant) or await _join(grant, self._mic)
+        self._register(new)
         self.emit("joined", new)
         return new
 
@@ -445,8 +520,14 @@ class CallerMover(EventEmitter[CallerEvent]):
         return await self._leave_old(grant, new, started)
 
     async def aclose(self) -> None:
-        """Hang up: leave the current room."""
+        """Hang up: leave the current room (and any standby connection)."""
+        standby = list(self._standby.values())
+        self._standby.clear()
         await self._tasks.cancel()
+        for task in standby:
+            session = _result(task)
+            if session is not None:
+                await session.aclose()
         await self.session.aclose()
 
     async def __aenter__(self) -> CallerMover:

@@ -51,6 +51,7 @@ TokenRoleName = Literal["caller", "agent"]
 RPC_OFFER = "transfer.offer"
 RPC_WITHDRAW = "transfer.withdraw"
 RPC_MOVE = "transfer.move"
+RPC_STANDBY = "transfer.standby"
 RPC_JOIN = "transfer.join"
 STATUS_TOPIC = "transfer.status"
 SUMMARY_TOPIC = "transfer.summary"

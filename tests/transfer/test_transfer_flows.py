@@ -57,6 +57,9 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         snap = await a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
         # On hold (offering and consulting): the caller hears the hold tone, not A.
         assert await hears(call.caller_session, f"hold-{ticket.transfer_id}", HOLD_HZ) > HEARD
+        # ...which is for the caller only: A, consulting meanwhile, does not get it.
+        assert f"hold-{ticket.transfer_id}" in call.a_call.session.remote_identities()
+        assert await silent(call.a_call.session, f"hold-{ticket.transfer_id}", HOLD_HZ)
         assert call.a_call.session.muted
         assert await silent(call.caller_session, call.a.identity, A_HZ)
         meta = json.loads(b_session.room.metadata)
@@ -65,9 +68,21 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         await eventually(lambda: asyncio.sleep(0, call.a_call.consult is not None))
         assert call.a_call.consult is not None
         assert await hears(b_session, call.a.identity, A_HZ) > HEARD
+        # The caller's app waits in R2 on standby: hidden, silent, hearing nothing.
+        await eventually(lambda: _on_standby(room_admin, ticket.new_room, caller))
+        assert caller not in b_session.remote_identities()
+        assert call.mover is not None
+        standby = call.mover.standby(ticket.new_room)
+        assert standby is not None
+        assert not any(
+            pub.subscribed
+            for p in standby.room.remote_participants.values()
+            for pub in p.track_publications.values()
+        ), "a caller on standby must not hear the consult"
         snap = await a_service.complete(ticket.transfer_id, agent=call.a.identity)
         assert snap.phase == "completed"
         assert snap.strategy == "move_caller"
+        assert call.mover.session is standby, "the move should reuse the standby connection"
         assert [t.phase for t in snap.timeline] == [
             "preparing",
             "offering",
@@ -138,6 +153,13 @@ async def test_warm_intro_a_stays_until_done(
         assert snap.phase == "completed"
         await eventually(lambda: _absent(room_admin, ticket.new_room, call.a.identity))
         assert await hears(b_session, call.caller.identity, CALLER_HZ) > HEARD
+
+
+async def _on_standby(rooms: RoomAdmin, room: str, identity: str) -> bool:
+    return any(
+        p.identity == identity and p.hidden and not p.audio_tracks
+        for p in await rooms.list_participants(room)
+    )
 
 
 async def _absent(rooms: RoomAdmin, room: str, identity: str) -> bool:

@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from livekit import rtc
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -43,13 +42,7 @@ def agents_in(session: Any) -> list[str]:
 
 def allow_agents_only(session: Any) -> None:
     """Let only the room's agents subscribe to our tracks (the whisper)."""
-    session.room.local_participant.set_track_subscription_permissions(
-        allow_all_participants=False,
-        participant_permissions=[
-            rtc.ParticipantTrackPermission(participant_identity=a, allow_all=True)
-            for a in agents_in(session)
-        ],
-    )
+    session.restrict_subscribers(agents_in(session))
 
 
 class SupervisorController:
