@@ -56,6 +56,11 @@ class RemoteTransferService(TransferService):
             res = await self._http.request(
                 method, path, json=json, params=params, timeout=wait_s or self._timeout_s
             )
+        except httpx.TimeoutException as exc:
+            limit = wait_s or self._timeout_s
+            raise BackendError(
+                504, "timeout", f"the backend did not answer within {limit:g} s"
+            ) from exc
         except httpx.HTTPError as exc:
             raise BackendError(503, "unreachable", "the backend could not be reached") from exc
         if res.status_code >= 400:
@@ -95,7 +100,8 @@ class RemoteTransferService(TransferService):
 
     async def complete(self, transfer_id: str, *, agent: str) -> TransferSnapshot:
         """See :meth:`TransferService.complete`."""
-        data = await self._call("POST", f"/v1/transfers/{transfer_id}/complete", wait_s=30.0)
+        # The move is bounded by the service's own timeouts (move, then bring the agent).
+        data = await self._call("POST", f"/v1/transfers/{transfer_id}/complete", wait_s=60.0)
         return self._snapshot(data)
 
     async def cancel(self, transfer_id: str, *, agent: str) -> TransferSnapshot:
