@@ -23,7 +23,9 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import json
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -110,6 +112,38 @@ def rescan() -> None:
     with contextlib.suppress(Exception):
         sd._terminate()
         sd._initialize()
+
+
+# Lists devices in a fresh PortAudio: a child process, so that looking does not
+# close and reopen this process's streams (a rescan silences both for up to 2 s).
+_PROBE = (
+    "import json, sounddevice as sd; d = sd.query_devices(); print(json.dumps("
+    "[[x['name'] for x in d if x['max_input_channels'] > 0],"
+    " [x['name'] for x in d if x['max_output_channels'] > 0]]))"
+)
+
+
+async def probe_device_names(timeout_s: float = 10.0) -> dict[DeviceKind, set[str]] | None:
+    """The device names a fresh PortAudio sees now, or None if that cannot be told."""
+    if sd is None or getattr(sys, "frozen", False):  # a bundled app has no ``python -c``
+        return None
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _PROBE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+        inputs, outputs = json.loads(out)
+        return {"input": set(inputs), "output": set(outputs)}
+    except (TimeoutError, ValueError, TypeError):
+        return None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def _resolve(kind: DeviceKind, name: str) -> AudioDevice | None:
@@ -364,7 +398,8 @@ class AudioDevices(EventEmitter[DeviceEvent]):
         output_device: The remembered speaker name (empty: system default).
         poll_s: How often the watcher checks that the devices in use still work.
         return_poll_s: How often, while fallen back, it looks for the chosen
-            device again (a rescan closes the streams for a few milliseconds).
+            device again (in a child process; only when it is back does it
+            rescan, which closes this process's streams for a moment).
     """
 
     def __init__(
@@ -380,6 +415,7 @@ class AudioDevices(EventEmitter[DeviceEvent]):
         self._poll_s = poll_s
         self._return_poll_s = return_poll_s
         self._last_return_check = 0.0
+        self._probes = 0  # looks for a missing chosen device since falling back
         self._announced: dict[DeviceKind, tuple[str | None, str]] = {}
         self._stalls: dict[DeviceKind, int] = {"input": 0, "output": 0}
         _INSTANCES.add(self)
@@ -463,11 +499,32 @@ class AudioDevices(EventEmitter[DeviceEvent]):
             await asyncio.sleep(self._poll_s)
             try:
                 self._check()
+                # Looking costs a child process (~55 ms of CPU): every
+                # return_poll_s for a minute, then a quarter as often.
+                interval = self._return_poll_s * (1 if self._probes < 20 else 4)
+                if not self._fallen_back:
+                    self._probes = 0
+                elif time.monotonic() - self._last_return_check >= interval:
+                    self._last_return_check = time.monotonic()
+                    self._probes += 1
+                    if await self._chosen_present():
+                        rescan_everywhere()
             except Exception:
                 log.exception("device watcher check failed")
 
+    async def _chosen_present(self) -> bool:
+        """Whether a device we fell back from is there again (True when unknown)."""
+        names = await probe_device_names()
+        if names is None:
+            return True  # cannot look without rescanning: rescan
+        for kind in self._fallen_back:
+            chosen = self.chosen[kind]
+            if (chosen in names[kind]) if chosen else bool(names[kind]):
+                return True
+        return False
+
     def _check(self) -> None:
-        """One watcher round: fall back from lost devices, return to chosen ones."""
+        """One watcher round: fall back from a device that stopped working."""
         kinds: tuple[DeviceKind, ...] = ("input", "output")
         for kind in kinds:
             lost = self._endpoint(kind).lost()
@@ -478,11 +535,6 @@ class AudioDevices(EventEmitter[DeviceEvent]):
             self._stalls = {"input": 0, "output": 0}
             rescan_everywhere()
             return
-        # Rescanning closes the open streams briefly, so look for a missing
-        # chosen device only every return_poll_s.
-        if self._fallen_back and time.monotonic() - self._last_return_check >= self._return_poll_s:
-            self._last_return_check = time.monotonic()
-            rescan_everywhere()
 
     async def aclose(self) -> None:
         """Close both devices and stop watching."""
