@@ -299,7 +299,7 @@ class CallRecorder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await previous
             await self.open_track(audio.identity)
-            stream = audio.stream(sample_rate=self.sample_rate, frame_size_ms=40)
+            stream = audio.stream(sample_rate=self.sample_rate, frame_size_ms=100)
             try:
                 async for ev in stream:
                     self.feed(audio.identity, bytes(ev.frame.data))
