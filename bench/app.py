@@ -207,40 +207,59 @@ import asyncio, contextlib, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from softphone.app import build_windows
 from softphone.config import load_settings
-from softphone.ui.shell import close_window_resources, run_qt
+from softphone.ui.shell import close_window_resources, freeze_heap, run_qt
+
+WINDOWS = []
 
 async def until(cond, t=90):
     end = time.monotonic() + t
     while not cond():
         if time.monotonic() > end:
+            for w in WINDOWS:  # what each window said, for the failure message
+                print("WINDOW", w.windowTitle(), w.messages.label.text(), flush=True)
+                for line in w.event_log.lines()[-8:]:
+                    print("  LOG", line, flush=True)
             raise TimeoutError
         await asyncio.sleep(0.05)
 
 worst = [0.0]
+phase = ["setup"]
+by_phase = {{}}
 async def main():
     done = asyncio.Event()
     async def monitor():
         while not done.is_set():
             t = time.monotonic()
             await asyncio.sleep(0.01)
-            worst.append((time.monotonic() - t - 0.01) * 1000)
+            late = (time.monotonic() - t - 0.01) * 1000
+            worst.append(late)
+            by_phase[phase[0]] = max(by_phase.get(phase[0], 0.0), late)
     settings = load_settings({{"profile": "bench-stall", "home": {str(home)!r},
                                "live_transcript": False}})
     async with contextlib.AsyncExitStack() as stack:
         caller, a, b = await build_windows(settings, stack, demo=True)
+        WINDOWS.extend((caller, a, b))
         for w in (caller, a, b):
             w.show()
+        freeze_heap()  # as run_until_closed does once the windows are shown
         await until(lambda: a.call_panel.in_call and caller.call_panel.in_call)
+        await until(lambda: a.agent.caller_identity() is not None)  # A sees the caller
         await until(lambda: ("agent-b", "available") in a.transfer_panel.agents())
         mon = asyncio.ensure_future(monitor())
         print("PHASE transfer", flush=True)
+        phase[0] = "start"
         a.transfer_panel.target.setText("agent-b")
         a.transfer_panel.start_btn.click()
+        print("PHASE offer", flush=True)
         await until(lambda: b.offer_panel.offer is not None)
         b.offer_panel.accept_btn.click()
+        print("PHASE consult", flush=True)
+        phase[0] = "accept"
         await until(lambda: a.transfer_panel.snapshot and a.transfer_panel.snapshot.phase == "consulting")
         await until(lambda: a.transfer_panel.complete_btn.isEnabled())
+        phase[0] = "complete"
         a.transfer_panel.complete_btn.click()
+        print("PHASE complete", flush=True)
         await until(lambda: a.controller.call is None and b.controller.call is not None)
         await asyncio.sleep(0.5)
         done.set()
@@ -255,15 +274,19 @@ try:
 except BaseException as exc:
     print("STALL-ERROR", repr(exc), flush=True)
     raise
+print("STALLS", {{k: round(v, 1) for k, v in by_phase.items()}}, file=sys.stderr)
 print("STALL", max(worst))
 """
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
+    for line in out.stderr.splitlines():
+        if line.startswith("STALLS "):
+            print("worst stall by step (ms):", line.split(" ", 1)[1], file=sys.stderr)
     for line in out.stdout.splitlines():
         if line.startswith("STALL "):
             return float(line.split()[1])
-    raise RuntimeError("stall measurement failed:\n" + out.stdout[-2000:] + out.stderr[-2000:])
+    raise RuntimeError("stall measurement failed:\n" + out.stdout[-4000:] + out.stderr[-2000:])
 
 
 async def run(seconds: float) -> dict[str, float]:
