@@ -101,17 +101,23 @@ class RoomAdmin:
     def __init__(
         self, *, url: str, api_key: str, api_secret: Secret, timeout_s: float = 10.0
     ) -> None:
-        self._api = api.LiveKitAPI(
-            url,
-            api_key,
-            api_secret.get(),
+        # No cap on connections: server-side RPCs hold theirs until the
+        # participant answers (offers ring for up to the offer timeout), and
+        # with aiohttp's default 100 per session, 25 concurrent transfers
+        # queued every other request behind them until it timed out.
+        # (With a session of ours, LiveKitAPI ignores its timeout argument.)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
-            failover=False,
+        )
+        self._api = api.LiveKitAPI(
+            url, api_key, api_secret.get(), session=self._session, failover=False
         )
 
     async def aclose(self) -> None:
         """Close the HTTP session."""
         await self._api.aclose()
+        await self._session.close()
 
     async def __aenter__(self) -> RoomAdmin:
         return self
