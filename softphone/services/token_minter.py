@@ -115,17 +115,7 @@ class TokenMinter:
             raise ValidationError("supervisor_mode", "must be listen, whisper or barge")
         if standby and role != "caller":
             raise ValidationError("standby", "only a caller can be on standby")
-        grants = self._grants(role, room, supervisor_mode)
-        if standby:
-            grants = api.VideoGrants(
-                room_join=True,
-                room=room,
-                can_subscribe=False,
-                can_publish=False,
-                can_publish_data=False,
-                hidden=True,
-                can_update_own_metadata=False,
-            )
+        grants = self._grants(role, room, supervisor_mode, standby=standby)
         token = (
             api.AccessToken(self._api_key, self._api_secret.get())
             .with_identity(identity)
@@ -158,8 +148,20 @@ class TokenMinter:
         )
 
     @staticmethod
-    def _grants(role: TokenRole, room: str, mode: SupervisorMode) -> api.VideoGrants:
+    def _grants(
+        role: TokenRole, room: str, mode: SupervisorMode, *, standby: bool = False
+    ) -> api.VideoGrants:
         mic_only = ["microphone"]
+        if standby:  # a caller waiting to be moved in: joined, and nothing else
+            return api.VideoGrants(
+                room_join=True,
+                room=room,
+                can_subscribe=False,
+                can_publish=False,
+                can_publish_data=False,
+                hidden=True,
+                can_update_own_metadata=False,
+            )
         if role == "supervisor":
             speaking = mode in ("whisper", "barge")
             return api.VideoGrants(

@@ -114,6 +114,19 @@ async def _join(grant: TokenGrant, mic: rtc.AudioSource | None) -> RtcSession:
     return session
 
 
+async def _answer_when_done(pending: dict[str, asyncio.Task[Any]], room: str) -> None:
+    """Wait for the work an instruction started for ``room``; its failure is the RPC's answer.
+
+    Shielded: a timed-out RPC handler must not cancel the work. A failed one
+    is forgotten, so a repeated instruction tries again.
+    """
+    try:
+        await asyncio.shield(pending[room])
+    except MediaError as exc:
+        pending.pop(room, None)
+        raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+
+
 def _result(task: asyncio.Task[RtcSession]) -> RtcSession | None:
     """The session a finished connect task made; None while running or if it failed."""
     if not task.done() or task.cancelled() or task.exception() is not None:
@@ -408,11 +421,7 @@ class CallerMover(EventEmitter[CallerEvent]):
         if task is None:
             task = self._tasks.spawn(self._connect_standby(grant))
             self._standby[grant.room] = task
-        try:
-            await asyncio.shield(task)
-        except MediaError as exc:
-            self._standby.pop(grant.room, None)
-            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        await _answer_when_done(self._standby, grant.room)
         return "ready"
 
     async def _connect_standby(self, grant: TokenGrant) -> RtcSession:
@@ -468,11 +477,7 @@ class CallerMover(EventEmitter[CallerEvent]):
             self._moving[grant.room] = moving
         elif self._strategy == "break_before_make":
             return "moving"
-        try:
-            await asyncio.shield(moving)
-        except MediaError as exc:
-            self._moving.pop(grant.room, None)
-            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        await _answer_when_done(self._moving, grant.room)
         return "moved"
 
     async def _enter_then_leave(self, grant: TokenGrant, started: float) -> RtcSession:
