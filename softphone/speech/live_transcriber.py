@@ -213,6 +213,32 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
             **kw,
         )
 
+    @classmethod
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        on_segment: Callable[[TranscriptSegment], object],
+        on_error: Callable[[SoftphoneError], object],
+        history: HistoryStore | None = None,
+        call_id: str | None = None,
+    ) -> LiveTranscriber | None:
+        """A started transcriber with its listeners, or None when it could not start.
+
+        A failure to start (e.g. the model would not load) goes to ``on_error``
+        like any later one: the call goes on without a live transcript.
+        """
+        live = cls.from_settings(settings, history=history, call_id=call_id)
+        live.on("segment", on_segment)
+        live.on("error", on_error)
+        try:
+            await live.start()
+        except SoftphoneError as exc:
+            on_error(exc)
+            await live.aclose()
+            return None
+        return live
+
     @property
     def engine(self) -> WhisperEngine | None:
         """The loaded engine (None before :meth:`start`)."""

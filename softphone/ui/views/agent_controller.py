@@ -370,18 +370,14 @@ class AgentController:
         call = self.calls.call
         if call is None:
             return
-        live = LiveTranscriber.from_settings(
+        live = await LiveTranscriber.open(
             self.context.settings,
+            on_segment=self._on_segment,
+            on_error=lambda e: self.events.emit("transcript_error", e),
             history=self.context.history,
             call_id=self.calls.call_id,
         )
-        live.on("segment", self._on_segment)
-        live.on("error", lambda e: self.events.emit("transcript_error", e))
-        try:
-            await live.start()
-        except SoftphoneError as exc:
-            self.events.emit("transcript_error", exc)
-            await live.aclose()
+        if live is None:
             return
         if self.calls.call is not call:  # the call ended while the model loaded
             await live.aclose()

@@ -65,14 +65,12 @@ class SupervisorController:
         """Transcribe the monitored room's speakers live (when the setting is on)."""
         from softphone.speech.live_transcriber import LiveTranscriber
 
-        live = LiveTranscriber.from_settings(self.context.settings)
-        live.on("segment", lambda seg: self.events.emit("segment", seg))
-        live.on("error", lambda e: self.events.emit("transcript_error", e))
-        try:
-            await live.start()
-        except SoftphoneError as exc:
-            self.events.emit("transcript_error", exc)
-            await live.aclose()
+        live = await LiveTranscriber.open(
+            self.context.settings,
+            on_segment=lambda seg: self.events.emit("segment", seg),
+            on_error=lambda e: self.events.emit("transcript_error", e),
+        )
+        if live is None:
             return
         self._live = live
         self._offs.append(leg.session.each_remote_audio(live.add_remote))
