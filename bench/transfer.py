@@ -267,11 +267,7 @@ class Bench:
         finally:
             if setup is not None:
                 setup.release()
-            for c in reversed(closers):
-                with contextlib.suppress(Exception):
-                    await c.aclose()
-            for p in players:
-                await p.aclose()
+            await _close_all(closers, players)
 
 
 async def run(runs: int, concurrent: list[int], workers: int = WORKERS) -> dict[str, Any]:
@@ -350,6 +346,15 @@ class Onset:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _close_all(closers: list[Any], players: list[TonePlayer]) -> None:
+    """Leave every room (last opened first), then stop the tone players."""
+    for c in reversed(closers):
+        with contextlib.suppress(Exception):
+            await c.aclose()
+    for p in players:
+        await p.aclose()
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -459,11 +464,7 @@ async def _worker_call(
     finally:
         if not released:
             setup.release()
-        for c in reversed(closers):
-            with contextlib.suppress(Exception):
-                await c.aclose()
-        for p in players:
-            await p.aclose()
+        await _close_all(closers, players)
 
 
 async def worker() -> None:

@@ -36,9 +36,12 @@ from PySide6.QtWidgets import QApplication
 from softphone.app import LiveKitAccess
 from softphone.config import Settings, load_settings
 from softphone.media.devices import rescan
+from softphone.media.session import RtcSession
 from softphone.services.local_server import LocalLiveKitServer
+from softphone.services.token_minter import TokenMinter
 from softphone.ui.shell import QtLoop
 from softphone.ui.theme import apply_theme
+from tests.audio_probe import Listener
 
 # Offscreen unless told otherwise: CI has no display (screenshots use Xvfb).
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -190,6 +193,26 @@ def run_ui(
             asyncio.set_event_loop(previous)
 
     return run
+
+
+async def probe_listener(
+    stack: contextlib.AsyncExitStack,
+    access: LiveKitAccess,
+    minter: TokenMinter,
+    room: str,
+    identity: str,
+    *,
+    hears: str,
+) -> Listener:
+    """A probe participant in ``room`` capturing what ``hears`` sends (closed with ``stack``)."""
+    probe = RtcSession(
+        url=access.url, token=minter.mint(role="agent", identity=identity, room=room).token
+    )
+    await probe.connect()
+    stack.push_async_callback(probe.aclose)
+    listener = Listener(await probe.wait_for_audio(hears))
+    stack.push_async_callback(listener.aclose)
+    return listener
 
 
 async def wait_until(

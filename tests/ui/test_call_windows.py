@@ -12,12 +12,11 @@ import pytest
 from PySide6.QtCore import Qt
 
 from softphone.app import LiveKitAccess, open_context
-from softphone.media.session import RtcSession
 from softphone.services.token_minter import TokenMinter
 from softphone.ui.views.agent_window import AgentWindow
 from softphone.ui.views.caller_window import CallerWindow
-from tests.audio_probe import Listener, tone_level
-from tests.ui.conftest import close_windows, wait_until
+from tests.audio_probe import tone_level
+from tests.ui.conftest import close_windows, probe_listener, wait_until
 
 pytestmark = pytest.mark.ui
 
@@ -64,14 +63,9 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
                     "both windows in the room",
                 )
                 # A probe participant measures what the caller's window sends.
-                probe = RtcSession(
-                    url=access.url,
-                    token=minter.mint(role="agent", identity="probe", room=room_name).token,
+                listener = await probe_listener(
+                    stack, access, minter, room_name, "probe", hears="caller-1"
                 )
-                await probe.connect()
-                stack.push_async_callback(probe.aclose)
-                listener = Listener(await probe.wait_for_audio("caller-1"))
-                stack.push_async_callback(listener.aclose)
                 tone = play_tone(440.0, 8.0)
                 feeding = asyncio.ensure_future(tone.start())
                 heard = {"agent": 0.0, "caller": 0.0}

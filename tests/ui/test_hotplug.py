@@ -42,11 +42,10 @@ from PySide6.QtCore import Qt
 from softphone.app import LiveKitAccess, open_context
 from softphone.config import load_settings
 from softphone.media.devices import rescan
-from softphone.media.session import RtcSession
 from softphone.services.token_minter import TokenMinter
 from softphone.ui.views.agent_window import AgentWindow
-from tests.audio_probe import Capture, Listener, tone_level
-from tests.ui.conftest import SINK, close_windows, wait_until
+from tests.audio_probe import Capture, tone_level
+from tests.ui.conftest import SINK, close_windows, probe_listener, wait_until
 
 pytestmark = pytest.mark.ui
 
@@ -254,14 +253,9 @@ def test_unplugged_headset_falls_back_to_default_mid_call_and_returns(
                 qtbot.mouseClick(panel.join_btn, Qt.MouseButton.LeftButton)
                 await wait_until(lambda: panel.in_call, 20, "joined")
                 call = w.controller.call
-                probe = RtcSession(
-                    url=access.url,
-                    token=minter.mint(role="agent", identity="probe-hs", room=room_name).token,
+                listener = await probe_listener(
+                    stack, access, minter, room_name, "probe-hs", hears="agent-hs"
                 )
-                await probe.connect()
-                stack.push_async_callback(probe.aclose)
-                listener = Listener(await probe.wait_for_audio("agent-hs"))
-                stack.push_async_callback(listener.aclose)
                 capture = listener.capture
                 await wait_until(
                     lambda: capture.first_time_with(HEADSET_HZ, 0.0) is not None,
