@@ -125,13 +125,19 @@ class RtcSession(EventEmitter[SessionEvent]):
         url: The LiveKit server URL.
         token: An access token for one identity in one room.
         connect_timeout_s: How long connecting may take.
+        listen: Subscribe to the room's audio. A session that only plays
+            something (hold audio) passes False: nothing it would never read
+            is received and decoded.
     """
 
-    def __init__(self, *, url: str, token: str, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, *, url: str, token: str, connect_timeout_s: float = 10.0, listen: bool = True
+    ) -> None:
         super().__init__()
         self._url = url
         self._token = token
         self._timeout = connect_timeout_s
+        self._listen = listen
         self.room = rtc.Room()
         self._mic: rtc.LocalAudioTrack | None = None
         self._mic_pub: rtc.LocalTrackPublication | None = None
@@ -248,7 +254,7 @@ class RtcSession(EventEmitter[SessionEvent]):
         # On timeout or cancellation it finishes in the background and the
         # room is left right after.
         connecting = asyncio.ensure_future(
-            self.room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=True))
+            self.room.connect(self._url, self._token, rtc.RoomOptions(auto_subscribe=self._listen))
         )
         try:
             try:
@@ -310,8 +316,12 @@ class RtcSession(EventEmitter[SessionEvent]):
         """Stop publishing the microphone track."""
         pub, self._mic_pub, self._mic = self._mic_pub, None, None
         if pub is not None and self.room.isconnected():
+            # Bounded: unpublishing renegotiates, which never ends when the
+            # room goes away meanwhile (seen when a transfer room closed).
             with contextlib.suppress(Exception):
-                await self.room.local_participant.unpublish_track(pub.sid)
+                await asyncio.wait_for(
+                    self.room.local_participant.unpublish_track(pub.sid), DISCONNECT_TIMEOUT_S
+                )
 
     def set_muted(self, muted: bool) -> None:
         """Mute or unmute the microphone; a muted track sends no audio.
@@ -441,7 +451,9 @@ class RtcSession(EventEmitter[SessionEvent]):
         if self._closed:
             return
         self._closed = True
-        await self.unpublish_audio()
+        # No unpublishing first: leaving takes the tracks down with it, and
+        # an unpublish renegotiates, which can wait on a room that is gone.
+        self._mic_pub, self._mic = None, None
         # The SDK's disconnect waits for the room's event task, which now and
         # then never ends (seen while the engine was resuming a connection).
         # Bounded, so hanging up never hangs the app; a leave that did not
