@@ -72,7 +72,9 @@ from softphone.speech.summarizer import Summarizer, summarize_with_fallback
 log = logging.getLogger(__name__)
 
 HOLD_FREQ_HZ = 330.0
-HOLD_FRAME_MS = 40
+# Hold audio goes out in 100 ms frames: every frame is an FFI call and a
+# callback in this process, for every call on hold at once.
+HOLD_FRAME_MS = 100
 # While the caller moves: how often the rooms are checked, and how long the
 # caller may stay in R1 after arriving in R2 before R1 is closed anyway.
 MOVE_POLL_S = 0.1
@@ -478,8 +480,8 @@ class TransferOrchestrator(TransferService):
     async def _start_hold(self, run: _Run) -> None:
         t = run.transfer
         grant = self._grant("agent", _hold_identity(t), t.call_room)
-        session = RtcSession(url=self._url, token=grant.token)
-        source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+        session = RtcSession(url=self._url, token=grant.token, listen=False)
+        source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=2 * HOLD_FRAME_MS)
         try:
             await session.connect()
             # For the caller's ears only: A (consulting with B meanwhile) and
@@ -490,7 +492,6 @@ class TransferOrchestrator(TransferService):
             await session.aclose()
             log.warning("hold audio unavailable")
             return
-        # 40 ms frames: a quarter of the wake-ups of 10 ms ones, for every call on hold.
         tone = TonePlayer(source, freq=HOLD_FREQ_HZ, frame_ms=HOLD_FRAME_MS)
         tone.start()
         run.hold, run.hold_tone = session, tone
