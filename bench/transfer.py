@@ -12,8 +12,8 @@ Usage: ``./dev bench transfer [--runs N] [--concurrent 10,25] [--json]``
     (orchestrator behind the real backend app, under uvicorn) in this process,
     the client apps (caller, A, B for each call) in WORKERS child processes of
     this script (``--worker``), each taking a share of the calls and
-    reporting JSON lines. Calls are set up a few at a time (SETUP_AT_ONCE per
-    worker), all N then in flight together (hold audio, offers accepted,
+    reporting JSON lines. Calls are set up a few at a time (SETUP_AT_ONCE in
+    all, paced by this process), all N then in flight together (hold audio, offers accepted,
     consulting) and completed at once: complete -> audio p50/p95 (both ends
     measured with ``time.monotonic`` in the worker of that call) and failures
     (a transfer that did not complete, or whose caller was not heard by B
@@ -70,10 +70,11 @@ THRESHOLD = 0.05
 GAP_WINDOW_S = 2.5
 AUDIO_TIMEOUT_S = 10.0
 log = logging.getLogger("softphone.bench")
-SETUP_AT_ONCE = 1
+SETUP_AT_ONCE = 3
 SETUP_ATTEMPTS = 3
-WORKERS = 4
+CALLS_PER_WORKER = 3
 READY_TIMEOUT_S = 180.0
+WORKER_FRAME_MS = 100
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -174,8 +175,6 @@ class Bench:
         strategy: MoveStrategy,
         *,
         measure_gaps: bool,
-        start_gate: asyncio.Event | None = None,
-        setup: asyncio.Semaphore | None = None,
     ) -> Result:
         """One warm transfer; returns its numbers."""
         tag = uuid.uuid4().hex[:8]
@@ -189,9 +188,6 @@ class Bench:
             players.append(player)
             return src
 
-        if setup is not None:
-            # Calls are set up a few at a time; the transfers then run together.
-            await setup.acquire()
         caller_src = tone(CALLER_HZ)
         a_src = tone(A_HZ) if measure_gaps else None
         b_src = tone(B_HZ) if measure_gaps else None
@@ -233,12 +229,7 @@ class Bench:
                 assert a_src is not None
                 await consult.publish_audio(a_src)
             await self.service.wait_for_phase(ticket.transfer_id, ["consulting"], timeout_s=30)
-            if setup is not None:
-                setup.release()
-                setup = None
             await asyncio.sleep(1.0)  # steady state: hold in R1, consult in R2
-            if start_gate is not None:
-                await start_gate.wait()
             t0 = time.monotonic()
             snap = await self.service.complete(ticket.transfer_id, agent=a_id)
             # Gaps: a fixed window across the move. Otherwise: until the
@@ -265,12 +256,10 @@ class Bench:
                 await lst.aclose()
             return Result(c2a, caller_gap, b_gap, ok and c2a is not None)
         finally:
-            if setup is not None:
-                setup.release()
             await _close_all(closers, players)
 
 
-async def run(runs: int, concurrent: list[int], workers: int = WORKERS) -> dict[str, Any]:
+async def run(runs: int, concurrent: list[int], workers: int = 0) -> dict[str, Any]:
     binary = ensure_server_binary()
     async with (
         LocalLiveKitServer(binary=binary) as server,
@@ -366,7 +355,7 @@ async def _join_lobby(
     token: str,
     url: str,
     service: RemoteTransferService,
-    mic: rtc.AudioSource,
+    mic: rtc.AudioSource | None,
     offers: asyncio.Queue[Any],
 ) -> AgentLobby:
     """B online in the lobby.
@@ -389,19 +378,23 @@ async def _join_lobby(
 
 
 async def _worker_call(
-    cfg: dict[str, Any], call: dict[str, Any], setup: asyncio.Semaphore, go: asyncio.Event
+    cfg: dict[str, Any], call: dict[str, Any], setup: asyncio.Event, go: asyncio.Event
 ) -> None:
-    """One call in a worker: the caller's, A's and B's apps, as real clients of the backend."""
+    """One call in a worker: the caller's, A's and B's apps, as real clients of the backend.
+
+    Set up once the parent says so (``setup``), reports ``ready`` once
+    consulting (or failed), completes on ``go``.
+    """
     url, tag = cfg["url"], call["tag"]
-    src = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
-    b_src = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
-    # 40 ms frames, as the app's microphone sends them (a quarter of the calls of 10 ms).
-    players = [TonePlayer(src, CALLER_HZ, frame_ms=40), TonePlayer(b_src, B_HZ, frame_ms=40)]
+    # Only what is measured here is sent: the caller's voice (B's is measured
+    # in the single transfers). 100 ms frames: this process plays 6-7 callers.
+    src = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=2 * WORKER_FRAME_MS)
+    players = [TonePlayer(src, CALLER_HZ, frame_ms=WORKER_FRAME_MS)]
     closers: list[Any] = []
     stage = "setup"
-    released = False
+    ready = False
     try:
-        await setup.acquire()
+        await setup.wait()
         for p in players:
             p.start()
         a_svc = RemoteTransferService(
@@ -421,11 +414,15 @@ async def _worker_call(
         mover.on("moved", lambda _: marks.setdefault("caller left R1", time.monotonic()))
         stage = "A joins R1"
         closers.append(
-            await RtcSession(url=url, token=call["a_token"], connect_timeout_s=30).connect()
+            # A is not measured here: its app in R1 receives nothing (one
+            # stream fewer to forward and decode per call on this machine).
+            await RtcSession(
+                url=url, token=call["a_token"], connect_timeout_s=30, listen=False
+            ).connect()
         )
         stage = "B joins the lobby"
         offers: asyncio.Queue[Any] = asyncio.Queue()
-        lobby = await _join_lobby(call["b_token"], url, b_svc, b_src, offers)
+        lobby = await _join_lobby(call["b_token"], url, b_svc, None, offers)
         closers.append(lobby)
         stage = "start_transfer"
         ticket = await a_svc.start_transfer(
@@ -441,8 +438,7 @@ async def _worker_call(
         closers.append(onset)
         stage = "consulting"
         await a_svc.wait_for_phase(ticket.transfer_id, ["consulting"], timeout_s=30)
-        setup.release()
-        released = True
+        ready = True
         _emit({"ready": tag})
         await go.wait()
         stage = "complete"
@@ -459,31 +455,36 @@ async def _worker_call(
         _emit({"result": tag, "t0": t0, "heard": heard, "ok": ok, "error": error, "steps": steps})
     except Exception as exc:  # every failure is reported, with its stage
         _emit({"result": tag, "ok": False, "error": f"{stage}: {exc!r}"})
-        if not released:
+        if not ready:
             _emit({"ready": tag})
     finally:
-        if not released:
-            setup.release()
         await _close_all(closers, players)
 
 
 async def worker() -> None:
-    """Worker mode: read the config line, run its calls, complete them on ``go``."""
+    """Worker mode: read the config line, then ``setup TAG`` and ``go`` lines."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     cfg = json.loads(await reader.readline())
     go = asyncio.Event()
-    setup = asyncio.Semaphore(SETUP_AT_ONCE)
-    calls = [asyncio.create_task(_worker_call(cfg, call, setup, go)) for call in cfg["calls"]]
+    setups = {call["tag"]: asyncio.Event() for call in cfg["calls"]}
+    calls = [
+        asyncio.create_task(_worker_call(cfg, call, setups[call["tag"]], go))
+        for call in cfg["calls"]
+    ]
 
-    async def wait_go() -> None:
-        await reader.readline()
-        go.set()
+    async def commands() -> None:
+        async for line in reader:
+            word, _, tag = line.decode().strip().partition(" ")
+            if word == "setup" and tag in setups:
+                setups[tag].set()
+            elif word == "go":
+                go.set()
 
-    waiter = asyncio.create_task(wait_go())
+    listening = asyncio.create_task(commands())
     await asyncio.gather(*calls, return_exceptions=True)
-    waiter.cancel()
+    listening.cancel()
 
 
 def _free_port() -> int:
@@ -493,8 +494,15 @@ def _free_port() -> int:
 
 
 async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
-    """N transfers at once, clients in worker processes; returns one table row."""
-    calls, keys = [], {}
+    """N transfers at once, clients in worker processes; returns one table row.
+
+    ``workers`` 0: one process per CALLS_PER_WORKER calls. Fewer, fuller
+    processes cost more than their share: the SDK hands every event of a
+    process to every stream and room of it.
+    """
+    workers = workers or math.ceil(n / CALLS_PER_WORKER)
+    calls: list[dict[str, Any]] = []
+    keys: dict[str, Principal] = {}
     for i in range(n):
         tag = uuid.uuid4().hex[:8]
         c, a, b = f"c-{tag}", f"a-{tag}", f"b-{tag}"
@@ -521,7 +529,15 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
     port = _free_port()
     app = create_app(service=bench.service, keys=KeyRing(keys))
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+            lifespan="off",
+            # Requests of killed workers must not keep the bench from ending.
+            timeout_graceful_shutdown=5,
+        )
     )
     serving = asyncio.create_task(server.serve())
     procs: list[asyncio.subprocess.Process] = []
@@ -531,6 +547,18 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
             await asyncio.sleep(0.05)
         ready: set[str] = set()
         all_ready = asyncio.Event()
+        waiting = [str(c["tag"]) for c in calls]  # not set up yet, in order
+        proc_of: dict[str, asyncio.subprocess.Process] = {}
+        in_setup: set[str] = set()
+
+        def set_up_next() -> None:
+            # At most SETUP_AT_ONCE calls are being set up, across all workers.
+            while waiting and len(in_setup) < SETUP_AT_ONCE:
+                tag = waiting.pop(0)
+                in_setup.add(tag)
+                stdin = proc_of[tag].stdin
+                assert stdin is not None
+                stdin.write(f"setup {tag}\n".encode())
 
         async def read(proc: asyncio.subprocess.Process) -> None:
             assert proc.stdout is not None
@@ -539,6 +567,8 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
                     msg = json.loads(line)
                     if "ready" in msg:
                         ready.add(msg["ready"])
+                        in_setup.discard(msg["ready"])
+                        set_up_next()
                         if len(ready) >= n:
                             all_ready.set()
                     elif "result" in msg:
@@ -561,7 +591,9 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
             assert proc.stdin is not None
             proc.stdin.write((json.dumps({**cfg, "calls": mine}) + "\n").encode())
             await proc.stdin.drain()
+            proc_of.update((c["tag"], proc) for c in mine)
             readers.append(asyncio.create_task(read(proc)))
+        set_up_next()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_ready.wait(), READY_TIMEOUT_S)
         await asyncio.sleep(1.0)  # steady state: hold in R1, consult in R2
@@ -584,8 +616,8 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
         server.should_exit = True
         await serving
     times = []
-    for c in calls:
-        r = results.get(c["tag"], {"ok": False, "error": "no result from the worker"})
+    for call in calls:
+        r = results.get(call["tag"], {"ok": False, "error": "no result from the worker"})
         if r["ok"]:
             times.append((r["heard"] - r["t0"]) * 1000)
             log.info("transfer timing: %s", r["steps"])
@@ -613,7 +645,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="single transfers per strategy")
     parser.add_argument("--concurrent", default="10,25", help="comma-separated N values")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--workers", type=int, default=WORKERS, help="client processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help=f"client processes (0: 1 per {CALLS_PER_WORKER} calls)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true", help="log the service's steps")
     args = parser.parse_args()
@@ -626,7 +663,7 @@ def main() -> None:
         asyncio.run(worker())
         return
     conc = [int(x) for x in args.concurrent.split(",") if x.strip()]
-    out = asyncio.run(run(args.runs, conc, max(1, args.workers)))
+    out = asyncio.run(run(args.runs, conc, max(0, args.workers)))
     if args.json:
         # No measurement (every transfer of a run failed) is null: NaN is not JSON.
         print(json.dumps(_nan_to_none(out), allow_nan=False))
