@@ -101,31 +101,38 @@ async def test_listening_supervisor_is_hidden_and_cannot_publish(
                 await ss.publish_audio(rtc.AudioSource(SAMPLE_RATE, 1))
 
 
-async def test_standby_caller_is_unseen_and_deaf_until_given_the_caller_permission(
+async def test_standby_caller_is_deaf_and_unheard_until_given_the_caller_permission(
     livekit_server: LocalLiveKitServer, minter: TokenMinter, room_admin: RoomAdmin, room_name: str
 ) -> None:
     agent = minter.mint(role="agent", identity="agent-b", room=room_name)
     standby = minter.mint(role="caller", identity="caller-w", room=room_name, standby=True)
     async with RtcSession(url=livekit_server.url, token=agent.token) as sa:
-        source = rtc.AudioSource(SAMPLE_RATE, 1)
-        await sa.publish_audio(source)
+        await sa.publish_audio(rtc.AudioSource(SAMPLE_RATE, 1))
         async with RtcSession(url=livekit_server.url, token=standby.token) as sc:
+            # The caller's app publishes its mic at once, muted and for nobody.
+            sc.restrict_subscribers([])
+            sc.set_muted(True)
+            await sc.publish_audio(rtc.AudioSource(SAMPLE_RATE, 1))
             await asyncio.sleep(0.5)
-            assert "caller-w" not in sa.remote_identities()
             assert not any(
                 pub.subscribed
                 for p in sc.room.remote_participants.values()
                 for pub in p.track_publications.values()
             ), "a standby caller must hear nothing"
             with pytest.raises(MediaError):
-                await sc.publish_audio(rtc.AudioSource(SAMPLE_RATE, 1))
-            # Promoted through the server API: seen, heard, hearing; no new connection.
+                await sa.wait_for_audio("caller-w", timeout_s=1.0)
+            infos = {p.identity: p for p in await room_admin.list_participants(room_name)}
+            assert infos["caller-w"].audio_tracks == 1
+            assert infos["caller-w"].unmuted_audio_tracks == 0
+            # Promoted through the server API, then unmuted and open to all:
+            # heard and hearing, on the same connection.
             await room_admin.set_permission(room_name, "caller-w", TokenMinter.permission("caller"))
-            await sc.publish_audio(rtc.AudioSource(SAMPLE_RATE, 1))
+            sc.set_muted(False)
+            sc.restrict_subscribers(None)
             assert (await sc.wait_for_audio("agent-b")).identity == "agent-b"
             assert (await sa.wait_for_audio("caller-w")).identity == "caller-w"
             infos = {p.identity: p for p in await room_admin.list_participants(room_name)}
-            assert not infos["caller-w"].hidden and infos["caller-w"].audio_tracks == 1
+            assert not infos["caller-w"].hidden and infos["caller-w"].unmuted_audio_tracks == 1
 
 
 @pytest.mark.parametrize(

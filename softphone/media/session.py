@@ -38,6 +38,7 @@ SessionEvent = Literal[
     "room_metadata_changed",
     "data",
     "connection_quality",
+    "may_listen",
 ]
 
 SAMPLE_RATE = 48000
@@ -164,6 +165,11 @@ class RtcSession(EventEmitter[SessionEvent]):
         return self.room.isconnected()
 
     @property
+    def publishing(self) -> bool:
+        """Whether a microphone track is published (muted or not)."""
+        return self._mic_pub is not None
+
+    @property
     def muted(self) -> bool:
         """Whether the published audio track is muted."""
         return self._muted
@@ -229,6 +235,13 @@ class RtcSession(EventEmitter[SessionEvent]):
         @r.on("reconnected")
         def _reconnected() -> None:
             self.emit("reconnected")
+
+        @r.on("participant_permissions_changed")
+        def _permissions(p: rtc.Participant, permission: Any) -> None:
+            # Our own permissions, changed by the server API (a standby
+            # caller promoted): payload is whether we may subscribe now.
+            if p.identity == r.local_participant.identity:
+                self.emit("may_listen", bool(permission.can_subscribe))
 
         @r.on("connection_quality_changed")
         def _quality(p: rtc.Participant, q: int) -> None:
@@ -302,8 +315,16 @@ class RtcSession(EventEmitter[SessionEvent]):
         if self._muted:
             track.mute()
 
-    def restrict_subscribers(self, identities: Sequence[str]) -> None:
-        """Let only ``identities`` subscribe to this participant's tracks (server-enforced)."""
+    def restrict_subscribers(self, identities: Sequence[str] | None) -> None:
+        """Let only ``identities`` subscribe to this participant's tracks (server-enforced).
+
+        None lets everyone subscribe again; an empty list, nobody.
+        """
+        if identities is None:
+            self.room.local_participant.set_track_subscription_permissions(
+                allow_all_participants=True
+            )
+            return
         self.room.local_participant.set_track_subscription_permissions(
             allow_all_participants=False,
             participant_permissions=[

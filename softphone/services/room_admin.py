@@ -53,6 +53,8 @@ class ParticipantInfo:
     attributes: Mapping[str, str]
     joined_at: float
     audio_tracks: int
+    # Audio tracks not muted: what the participant is sending now.
+    unmuted_audio_tracks: int
     hidden: bool
 
 
@@ -82,6 +84,9 @@ def _participant(p: Any) -> ParticipantInfo:
         attributes=dict(p.attributes),
         joined_at=float(p.joined_at),
         audio_tracks=sum(1 for t in p.tracks if t.type == api.TrackType.AUDIO),
+        unmuted_audio_tracks=sum(
+            1 for t in p.tracks if t.type == api.TrackType.AUDIO and not t.muted
+        ),
         hidden=bool(p.permission.hidden),
     )
 

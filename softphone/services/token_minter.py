@@ -9,13 +9,16 @@ lives for minutes.
 | caller     | microphone                    | yes       | yes  | no     | no             |
 | agent      | microphone                    | yes       | yes  | no     | yes (presence) |
 | supervisor | nothing (listen); mic (whisper, barge) | yes | yes | listen only | no |
-| caller, standby | nothing                  | no        | no   | yes    | no             |
+| caller, standby | microphone (kept muted, subscribers: none) | no | no | no | no |
 
-A standby caller is connected to a transfer room ahead of the move, unseen
-and unable to hear, publish or send anything; completing the transfer gives it
-the caller's permissions (:meth:`TokenMinter.permission`) through the server
-API, so the move costs no new connection.
-
+A standby caller is connected to a transfer room ahead of the move: it cannot
+hear (no subscribe) or send data, and its app publishes its mic there muted
+and with track subscription permissions that admit nobody, so the moment of
+the move needs no negotiation. Completing the transfer gives it the caller's
+permissions (:meth:`TokenMinter.permission`) through the server API, and the
+app then unmutes and admits everyone. It is visible while waiting: a hidden
+participant's tracks never reach anyone, even after it is made visible
+(livekit-server 1.13.5).
 
 A whispering supervisor is visible to the room's clients (a hidden participant's
 tracks reach nobody), and restricts who may subscribe to its mic with track
@@ -152,14 +155,15 @@ class TokenMinter:
         role: TokenRole, room: str, mode: SupervisorMode, *, standby: bool = False
     ) -> api.VideoGrants:
         mic_only = ["microphone"]
-        if standby:  # a caller waiting to be moved in: joined, and nothing else
+        if standby:  # a caller waiting to be moved in: deaf, its mic muted and kept from all
             return api.VideoGrants(
                 room_join=True,
                 room=room,
                 can_subscribe=False,
-                can_publish=False,
+                can_publish=True,
+                can_publish_sources=mic_only,
                 can_publish_data=False,
-                hidden=True,
+                hidden=False,
                 can_update_own_metadata=False,
             )
         if role == "supervisor":

@@ -75,9 +75,11 @@ HOLD_FREQ_HZ = 330.0
 # Hold audio goes out in 100 ms frames: every frame is an FFI call and a
 # callback in this process, for every call on hold at once.
 HOLD_FRAME_MS = 100
-# While the caller moves: how often the rooms are checked, and how long the
-# caller may stay in R1 after arriving in R2 before R1 is closed anyway.
+# While the caller moves the rooms are checked first after MOVE_POLL_S, then
+# less and less often (x1.5 up to MOVE_POLL_MAX_S): a move is usually seen at
+# once, and many moves at once do not flood the server with room listings.
 MOVE_POLL_S = 0.1
+MOVE_POLL_MAX_S = 1.0
 # How long B's app may take to acknowledge an offer (it rings, then answers).
 OFFER_DELIVERY_TIMEOUT_S = 10.0
 # LiveKit caps an RPC payload at 15 KiB; the offer keeps a margin under it.
@@ -105,6 +107,8 @@ class _Run:
     hold: RtcSession | None = None
     hold_tone: TonePlayer | None = None
     intro_moved: bool = False
+    # The caller's app said it waits in R2 (standby delivered).
+    on_standby: bool = False
 
 
 def _hold_identity(t: Transfer) -> str:
@@ -386,10 +390,11 @@ class TransferOrchestrator(TransferService):
     async def _standby_caller(self, run: _Run) -> None:
         """Have the caller's app connect to R2 on standby while B is offered the call.
 
-        Hidden, unable to hear, publish or send (see the token minter), so the
-        consult stays private; completing then only changes its permissions
-        instead of making a new connection when every other call on the server
-        may be moving too. A caller app without standby (SIP, foreign) just
+        Unable to hear or send, its mic muted and admitting no subscriber (see
+        the token minter), so the consult stays private and the caller unheard;
+        completing then only changes permissions and unmutes instead of
+        connecting and negotiating when every other call on the server may be
+        moving too. A caller app without standby (SIP, foreign) just
         joins when moved.
         """
         t = run.transfer
@@ -402,6 +407,7 @@ class TransferOrchestrator(TransferService):
                 json.dumps(grant.to_dict()),
                 within_s=STANDBY_DELIVERY_TIMEOUT_S,
             )
+            run.on_standby = True
         except SoftphoneError as exc:
             log.info("caller not on standby; it joins when moved", extra={"error": exc.message})
         if not t.active and t.phase != "completed":
@@ -410,9 +416,13 @@ class TransferOrchestrator(TransferService):
             await self._close_room(t.new_room, sweep=False)
 
     async def _publishing(self, room: str) -> set[str]:
-        """Identities in ``room`` with an audio track (a standby caller has none)."""
+        """Identities in ``room`` sending audio (a standby caller's mic is muted)."""
         try:
-            return {p.identity for p in await self._rooms.list_participants(room) if p.audio_tracks}
+            return {
+                p.identity
+                for p in await self._rooms.list_participants(room)
+                if p.unmuted_audio_tracks
+            }
         except NotFoundError:
             return set()
 
@@ -601,7 +611,8 @@ class TransferOrchestrator(TransferService):
         await self._step(run, "completing")
         t.set_strategy("move_caller")
         grant = self._grant("caller", t.caller, t.new_room)
-        if t.caller in await self._present(t.new_room):  # on standby: may speak and hear now
+        # On standby (said so, or seen there): may speak and hear now.
+        if run.on_standby or t.caller in await self._present(t.new_room):
             try:
                 await self._rooms.set_permission(
                     t.new_room, t.caller, self._minter.permission("caller")
@@ -673,6 +684,7 @@ class TransferOrchestrator(TransferService):
         started = time.monotonic()
         deadline = started + self._move_timeout_s
         arrived: float | None = started if joined else None
+        pause = MOVE_POLL_S
         while time.monotonic() < deadline:
             now = time.monotonic()
             if arrived is None:
@@ -687,7 +699,8 @@ class TransferOrchestrator(TransferService):
                 or t.caller not in await self._present(t.call_room)
             ):
                 return "moved"
-            await asyncio.sleep(MOVE_POLL_S)
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, MOVE_POLL_MAX_S)
         return "moved" if arrived is not None else "stuck"
 
     async def _bring_agent(self, run: _Run) -> None:

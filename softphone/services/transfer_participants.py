@@ -134,6 +134,12 @@ def _result(task: asyncio.Task[RtcSession]) -> RtcSession | None:
     return task.result()
 
 
+def _go_live(session: RtcSession) -> None:
+    """A standby session's mic: unmuted and open to everyone in the room."""
+    session.set_muted(False)
+    session.restrict_subscribers(None)
+
+
 async def _first_audio(session: RtcSession, timeout_s: float) -> None:
     async def first() -> None:
         async for _ in session.remote_audio():
@@ -409,12 +415,15 @@ class CallerMover(EventEmitter[CallerEvent]):
         return _result(task) if task is not None else None
 
     async def _on_standby(self, inv: rtc.RpcInvocationData) -> str:
-        """Connect to the transfer room ahead of the move, unseen and deaf.
+        """Connect to the transfer room ahead of the move, deaf and unheard.
 
-        The standby grant lets this session neither publish nor subscribe; the
-        service turns it into the caller's permissions when the transfer
-        completes, and the move then only publishes the mic here. A repeated
-        instruction finds the same connection.
+        The standby grant lets this session not subscribe; the mic is
+        published here at once, muted and with subscription permissions that
+        admit nobody. The service turns the grant into the caller's
+        permissions when the transfer completes; the app unmutes and admits
+        everyone as soon as it sees that (no negotiation, and no waiting for
+        the move instruction, which confirms it). A repeated instruction
+        finds the same connection.
         """
         grant = _parse_grant(inv.payload)
         task = self._standby.get(grant.room)
@@ -427,6 +436,22 @@ class CallerMover(EventEmitter[CallerEvent]):
     async def _connect_standby(self, grant: TokenGrant) -> RtcSession:
         session = RtcSession(url=grant.url, token=grant.token)
         await session.connect()
+        if self._mic is not None:
+            session.restrict_subscribers([])
+            session.set_muted(True)
+            try:
+                await session.publish_audio(self._mic)
+            except MediaError:
+                # Waits without it; the move then publishes from scratch.
+                log.info("standby session could not publish yet")
+
+            def promoted(may_listen: bool) -> None:
+                # Only the service (server API) changes our permissions: that
+                # is the transfer completing. Speak now; the move follows.
+                if may_listen:
+                    _go_live(session)
+
+            session.on("may_listen", promoted)
 
         def gone(_reason: object) -> None:
             # The transfer ended without a move: its room was closed under us.
@@ -439,7 +464,7 @@ class CallerMover(EventEmitter[CallerEvent]):
         return session
 
     async def _take_standby(self, grant: TokenGrant) -> RtcSession | None:
-        """The standby session in ``grant.room``, publishing the mic; None if there is none."""
+        """The standby session in ``grant.room``, its mic heard; None if there is none."""
         task = self._standby.pop(grant.room, None)
         if task is None:
             return None
@@ -451,12 +476,14 @@ class CallerMover(EventEmitter[CallerEvent]):
             await session.aclose()
             return None
         if self._mic is not None:
-            try:
-                await session.publish_audio(self._mic)
-            except MediaError:
-                log.info("standby session could not publish; joining afresh")
-                await session.aclose()
-                return None
+            _go_live(session)
+            if not session.publishing:
+                try:
+                    await session.publish_audio(self._mic)
+                except MediaError:
+                    log.info("standby session could not publish; joining afresh")
+                    await session.aclose()
+                    return None
         return session
 
     async def _on_move(self, inv: rtc.RpcInvocationData) -> str:

@@ -68,9 +68,10 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         await eventually(lambda: asyncio.sleep(0, call.a_call.consult is not None))
         assert call.a_call.consult is not None
         assert await hears(b_session, call.a.identity, A_HZ) > HEARD
-        # The caller's app waits in R2 on standby: hidden, silent, hearing nothing.
+        # The caller's app waits in R2 on standby: its mic muted and kept from
+        # everyone, hearing nothing.
         await eventually(lambda: _on_standby(room_admin, ticket.new_room, caller))
-        assert caller not in b_session.remote_identities()
+        assert await silent(b_session, caller, CALLER_HZ)
         assert call.mover is not None
         standby = call.mover.standby(ticket.new_room)
         assert standby is not None
@@ -157,7 +158,7 @@ async def test_warm_intro_a_stays_until_done(
 
 async def _on_standby(rooms: RoomAdmin, room: str, identity: str) -> bool:
     return any(
-        p.identity == identity and p.hidden and not p.audio_tracks
+        p.identity == identity and p.audio_tracks == 1 and not p.unmuted_audio_tracks
         for p in await rooms.list_participants(room)
     )
 
