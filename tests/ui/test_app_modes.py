@@ -32,17 +32,19 @@ def _env(home: Path, pulse: dict[str, str]) -> dict[str, str]:
 def test_headless_joins_with_the_microphone_and_stops_cleanly_on_sigterm(
     tmp_path: Path, pulse_audio: dict[str, str]
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "softphone", "--headless", "--role", "caller", "--room", "hl-1"],
-        env=_env(tmp_path, pulse_audio),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "softphone", "--headless", "--role", "caller", "--room", "hl-1"],
+            env=_env(tmp_path, pulse_audio),
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert "joined hl-1 as caller-default" in line
+        assert "joined hl-1 as caller-default" in line, errors.read_text()[-3000:]
         assert "microphone: none" not in line, "the PulseAudio microphone should be used"
         server_pids = subprocess.run(
             ["pgrep", "-P", str(proc.pid), "-f", "livekit-server"],
@@ -81,7 +83,7 @@ def test_bad_use_of_app_modes_is_a_clear_error(
         text=True,
         timeout=120,
     )
-    assert out.returncode == 2
+    assert out.returncode == 2, out.stderr[-3000:]
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
 
