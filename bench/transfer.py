@@ -10,14 +10,17 @@ Usage: ``./dev bench transfer [--runs N] [--concurrent 10,25] [--json]``
 (c) the same for the naive strategy (the caller disconnects, then connects);
 (d) N concurrent transfers, run the way they run in reality: the service
     (orchestrator behind the real backend app, under uvicorn) in this process,
-    the client apps (caller, A, B for each call) in WORKERS child processes of
-    this script (``--worker``), each taking a share of the calls and
-    reporting JSON lines. Calls are set up a few at a time (SETUP_AT_ONCE in
-    all, paced by this process), all N then in flight together (hold audio, offers accepted,
-    consulting) and completed at once: complete -> audio p50/p95 (both ends
-    measured with ``time.monotonic`` in the worker of that call) and failures
-    (a transfer that did not complete, or whose caller was not heard by B
-    within AUDIO_TIMEOUT_S). Failure reasons go to stderr.
+    the client apps (caller, A, B for each call) in child processes of this
+    script (``--worker``; one per CALLS_PER_WORKER calls), reporting JSON
+    lines. Calls are set up a few at a time (SETUP_AT_ONCE in all, paced by
+    this process), all N then in flight together (hold audio, offers
+    accepted, consulting, callers on standby) and completed at once:
+    complete -> audio p50/p95 (both ends measured with ``time.monotonic`` in
+    the worker of that call) and failures (a transfer that did not complete,
+    or whose caller was not heard by B within AUDIO_TIMEOUT_S). Failure
+    reasons go to stderr. The clients send only the audio measured here (the
+    caller's voice in R2); every published track, silent or muted, costs
+    this machine an Opus encoder.
 
 With ``--json`` one JSON object is printed with exactly the keys
 ``complete_to_audio_ms``, ``naive_complete_to_audio_ms`` ({p50, p95}),
