@@ -124,9 +124,13 @@ async def test_standby_caller_is_deaf_and_unheard_until_given_the_caller_permiss
             infos = {p.identity: p for p in await room_admin.list_participants(room_name)}
             assert infos["caller-w"].audio_tracks == 1
             assert infos["caller-w"].unmuted_audio_tracks == 0
-            # Promoted through the server API, then unmuted and open to all:
-            # heard and hearing, on the same connection.
+            # Promoted through the server API: the app is told (that is its
+            # cue to unmute and open up), then heard and hearing, on the same
+            # connection.
+            told: asyncio.Queue[bool] = asyncio.Queue()
+            sc.on("may_listen", told.put_nowait)
             await room_admin.set_permission(room_name, "caller-w", TokenMinter.permission("caller"))
+            assert await asyncio.wait_for(told.get(), 5) is True
             sc.set_muted(False)
             sc.restrict_subscribers(None)
             assert (await sc.wait_for_audio("agent-b")).identity == "agent-b"
