@@ -45,6 +45,7 @@ SAMPLE_RATE = 48000
 # Connects given up on (timeout, cancellation) that still run to completion.
 _ABANDONED: set[asyncio.Future[None]] = set()
 DISCONNECT_TIMEOUT_S = 5.0
+UNPUBLISH_TIMEOUT_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,7 +342,7 @@ class RtcSession(EventEmitter[SessionEvent]):
             # room goes away meanwhile (seen when a transfer room closed).
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    self.room.local_participant.unpublish_track(pub.sid), DISCONNECT_TIMEOUT_S
+                    self.room.local_participant.unpublish_track(pub.sid), UNPUBLISH_TIMEOUT_S
                 )
 
     def set_muted(self, muted: bool) -> None:
@@ -472,9 +473,9 @@ class RtcSession(EventEmitter[SessionEvent]):
         if self._closed:
             return
         self._closed = True
-        # No unpublishing first: leaving takes the tracks down with it, and
-        # an unpublish renegotiates, which can wait on a room that is gone.
-        self._mic_pub, self._mic = None, None
+        # Unpublishing first makes for the cleanest leave, but it renegotiates,
+        # which never ends when the room went away meanwhile: bounded.
+        await self.unpublish_audio()
         # The SDK's disconnect waits for the room's event task, which now and
         # then never ends (seen while the engine was resuming a connection).
         # Bounded, so hanging up never hangs the app; a leave that did not
