@@ -173,13 +173,8 @@ class Bench:
         token = self.minter.mint(role=role, identity=identity, room=room).token  # type: ignore[arg-type]
         return await RtcSession(url=self.server.url, token=token, connect_timeout_s=30).connect()
 
-    async def one(
-        self,
-        strategy: MoveStrategy,
-        *,
-        measure_gaps: bool,
-    ) -> Result:
-        """One warm transfer; returns its numbers."""
+    async def one(self, strategy: MoveStrategy) -> Result:
+        """One warm transfer, every party sending a tone; returns its numbers."""
         tag = uuid.uuid4().hex[:8]
         room, c_id, a_id, b_id = f"bench-{tag}", f"c-{tag}", f"a-{tag}", f"b-{tag}"
         players: list[TonePlayer] = []
@@ -192,8 +187,8 @@ class Bench:
             return src
 
         caller_src = tone(CALLER_HZ)
-        a_src = tone(A_HZ) if measure_gaps else None
-        b_src = tone(B_HZ) if measure_gaps else None
+        a_src = tone(A_HZ)
+        b_src = tone(B_HZ)
         closers: list[Any] = []
         try:
             c_sess = await self._session("caller", c_id, room)
@@ -213,48 +208,34 @@ class Bench:
             lobby.on("offer", offers.put_nowait)
             await lobby.start()
             # Listen to everything the caller hears in R1 (hold) and, once it joins, R2.
-            caller_listeners: list[Ears] = []
-            if measure_gaps:
-                caller_listeners.append(Ears(c_sess))
-                mover.on("joined", lambda s: caller_listeners.append(Ears(s)))
+            caller_listeners = [Ears(c_sess)]
+            mover.on("joined", lambda s: caller_listeners.append(Ears(s)))
             ticket = await self.service.start_transfer(
                 TransferRequest(caller=c_id, from_agent=a_id, to_agent=b_id, call_room=room)
             )
             offer = await asyncio.wait_for(offers.get(), 30)
             b_sess = await lobby.accept(offer.transfer_id)
             b_ears = Ears(b_sess)
-            consult = None
-            if measure_gaps and ticket.consult_token is not None:
+            if ticket.consult_token is not None:
                 consult = await RtcSession(
                     url=self.server.url, token=ticket.consult_token.token
                 ).connect()
                 closers.append(consult)
-                assert a_src is not None
                 await consult.publish_audio(a_src)
             await self.service.wait_for_phase(ticket.transfer_id, ["consulting"], timeout_s=30)
             await asyncio.sleep(1.0)  # steady state: hold in R1, consult in R2
             t0 = time.monotonic()
             snap = await self.service.complete(ticket.transfer_id, agent=a_id)
-            # Gaps: a fixed window across the move. Otherwise: until the
-            # caller is heard at B (at most AUDIO_TIMEOUT_S), then stop
-            # decoding, which keeps N concurrent transfers cheap to observe.
-            end = t0 + (GAP_WINDOW_S if measure_gaps else AUDIO_TIMEOUT_S)
-            while time.monotonic() < end:
-                await asyncio.sleep(0.05)
-                if not measure_gaps and b_ears.first(CALLER_HZ, t0) is not None:
-                    break
+            # Gaps: a fixed window across the move.
+            end = t0 + GAP_WINDOW_S
+            await asyncio.sleep(max(0.0, end - time.monotonic()))
             ok = snap.phase == "completed"
             onset = b_ears.first(CALLER_HZ, t0)
             c2a = (onset - t0) * 1000 if onset is not None else None
-            caller_gap = b_gap = 0.0
-            if measure_gaps:
-                heard = [
-                    t for lst in caller_listeners for t in lst.times((HOLD_FREQ_HZ, A_HZ, B_HZ))
-                ]
-                b_onset = max([lst.first(B_HZ, t0) or t0 for lst in caller_listeners] + [t0])
-                caller_gap = longest_gap_ms(heard, t0, max(b_onset, t0) + 0.3)
-                b_heard = b_ears.times((A_HZ, CALLER_HZ))
-                b_gap = longest_gap_ms(b_heard, t0, (onset or end) + 0.3)
+            heard = [t for lst in caller_listeners for t in lst.times((HOLD_FREQ_HZ, A_HZ, B_HZ))]
+            b_onset = max([lst.first(B_HZ, t0) or t0 for lst in caller_listeners] + [t0])
+            caller_gap = longest_gap_ms(heard, t0, max(b_onset, t0) + 0.3)
+            b_gap = longest_gap_ms(b_ears.times((A_HZ, CALLER_HZ)), t0, (onset or end) + 0.3)
             for lst in [*caller_listeners, b_ears]:
                 await lst.aclose()
             return Result(c2a, caller_gap, b_gap, ok and c2a is not None)
@@ -270,8 +251,8 @@ async def run(runs: int, concurrent: list[int], workers: int = 0) -> dict[str, A
     ):
         bench = Bench(server, rooms)
         async with bench.service:
-            mbb = [await bench.one("make_before_break", measure_gaps=True) for _ in range(runs)]
-            naive = [await bench.one("break_before_make", measure_gaps=True) for _ in range(runs)]
+            mbb = [await bench.one("make_before_break") for _ in range(runs)]
+            naive = [await bench.one("break_before_make") for _ in range(runs)]
             conc = [await concurrent_run(bench, n, workers) for n in concurrent]
 
     def two(rs: list[Result]) -> dict[str, float]:

@@ -155,17 +155,9 @@ class TokenMinter:
         role: TokenRole, room: str, mode: SupervisorMode, *, standby: bool = False
     ) -> api.VideoGrants:
         mic_only = ["microphone"]
-        if standby:  # a caller waiting to be moved in: deaf, its mic muted and kept from all
-            return api.VideoGrants(
-                room_join=True,
-                room=room,
-                can_subscribe=False,
-                can_publish=True,
-                can_publish_sources=mic_only,
-                can_publish_data=False,
-                hidden=False,
-                can_update_own_metadata=False,
-            )
+        if standby:  # the caller's grant, deaf and mute to data (its app keeps the mic muted)
+            caller = TokenMinter._grants("caller", room, mode)
+            return dataclasses.replace(caller, can_subscribe=False, can_publish_data=False)
         if role == "supervisor":
             speaking = mode in ("whisper", "barge")
             return api.VideoGrants(
