@@ -40,11 +40,11 @@ from livekit import rtc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from softphone.infra.local_server import LocalLiveKitServer  # noqa: E402
+from softphone.infra.server_binary import ensure_server_binary  # noqa: E402
 from softphone.media.session import RtcSession  # noqa: E402
 from softphone.media.tone import SAMPLE_RATE  # noqa: E402
-from softphone.services.local_server import LocalLiveKitServer  # noqa: E402
-from softphone.services.server_binary import ensure_server_binary  # noqa: E402
-from softphone.services.token_minter import TokenMinter  # noqa: E402
+from softphone.server.token_minter import TokenMinter  # noqa: E402
 
 SPEECH = (
     "Hello, I am calling about my invoice. I was charged twice for order "

@@ -26,11 +26,11 @@ from livekit import rtc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.server_binary import build_server_binary, ensure_server_binary
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.server_binary import build_server_binary, ensure_server_binary
-from softphone.services.token_minter import TokenMinter
+from softphone.server.token_minter import TokenMinter
 from tests.audio_probe import Listener
 
 

@@ -53,18 +53,19 @@ from livekit import rtc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from softphone.backend.app import KeyRing, Principal, create_app
-from softphone.backend.client import RemoteTransferService
+from softphone.client.caller_mover import CallerMover, MoveStrategy
+from softphone.client.lobby import AgentLobby
+from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Secret
 from softphone.errors import MediaError
+from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.server_binary import ensure_server_binary
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.server_binary import ensure_server_binary
-from softphone.services.token_minter import TokenMinter
-from softphone.services.transfer_orchestrator import HOLD_FREQ_HZ, TransferOrchestrator
-from softphone.services.transfer_participants import AgentLobby, CallerMover, MoveStrategy
-from softphone.services.transfer_service import TransferRequest
+from softphone.protocol import TransferRequest
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
+from softphone.server.transfer_orchestrator import HOLD_FREQ_HZ, TransferOrchestrator
 from softphone.speech.offline_summarizer import OfflineSummarizer
 from tests.audio_probe import WINDOW_MS, Capture, Listener, tone_level
 

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 from softphone import __version__
 from softphone.config import FIELDS, Secret, Settings, load_settings
 from softphone.errors import ConfigError, SoftphoneError
+from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.server_binary import ensure_server_binary
 from softphone.media.recording import repair_directory
-from softphone.services.history import HistoryStore
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.server_binary import ensure_server_binary
-from softphone.services.token_minter import TokenMinter
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
+from softphone.store.history import HistoryStore
 
 if TYPE_CHECKING:
     from softphone.ui.context import AppContext
@@ -213,14 +213,14 @@ async def open_transfer_service(
 ) -> Any | None:
     """The remote transfer service with ``--backend``, else the embedded one (if it can mint)."""
     if settings.backend_url:
-        from softphone.backend.client import RemoteTransferService
+        from softphone.client.remote_service import RemoteTransferService
 
         return await stack.enter_async_context(
             RemoteTransferService(base_url=settings.backend_url, api_key=settings.backend_api_key)
         )
     if context.minter is None or context.admin is None:
         return None
-    from softphone.services.transfer_orchestrator import TransferOrchestrator
+    from softphone.server.transfer_orchestrator import TransferOrchestrator
     from softphone.speech.factory import make_offline_summarizer, make_summarizer
 
     return await stack.enter_async_context(
@@ -347,7 +347,7 @@ def _place(windows: Sequence[Any]) -> None:
 
 async def run_headless(settings: Settings) -> None:
     """Join ``settings.room`` as ``settings.role`` with no window, until interrupted."""
-    from softphone.ui.views.call_controller import CallController
+    from softphone.client.call_controller import CallController
 
     if not settings.room:
         raise ConfigError("--headless needs --room")

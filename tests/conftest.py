@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from softphone.config import Secret
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.server_binary import ensure_server_binary
-from softphone.services.token_minter import TokenMinter
+from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.server_binary import ensure_server_binary
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
 
 _counter = itertools.count()
 

@@ -14,7 +14,7 @@ import pytest
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment
 from softphone.errors import HistoryError
-from softphone.services.history import MIGRATIONS, SCHEMA_VERSION, HistoryStore
+from softphone.store.history import MIGRATIONS, SCHEMA_VERSION, HistoryStore
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ WRITER = """
 import asyncio, sys
 from pathlib import Path
 from softphone.domain.transcript import TranscriptSegment
-from softphone.services.history import HistoryStore
+from softphone.store.history import HistoryStore
 
 async def main():
     store = await HistoryStore(Path(sys.argv[1])).open()

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from softphone.errors import LocalServerError
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.server_binary import (
+from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.server_binary import (
     LIVEKIT_SERVER_VERSION,
     binary_version,
     build_server_binary,
@@ -76,8 +76,8 @@ def test_server_dies_with_its_parent(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from softphone.services.local_server import LocalLiveKitServer\n"
-        "from softphone.services.server_binary import ensure_server_binary\n"
+        "from softphone.infra.local_server import LocalLiveKitServer\n"
+        "from softphone.infra.server_binary import ensure_server_binary\n"
         "async def main():\n"
         "    s = LocalLiveKitServer(binary=ensure_server_binary(), log_path=Path(sys.argv[1]))\n"
         "    await s.start()\n"

@@ -10,10 +10,10 @@ from livekit import rtc
 
 from softphone.config import Secret
 from softphone.errors import LiveKitError, NotFoundError, ValidationError
+from softphone.infra.local_server import LocalLiveKitServer, free_port
 from softphone.media.session import DataMessage, Disconnected, RtcSession
-from softphone.services.local_server import LocalLiveKitServer, free_port
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.token_minter import TokenMinter
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
 
 pytestmark = pytest.mark.integration
 

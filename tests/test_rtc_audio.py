@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from livekit import rtc
 
+from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.token_minter import TokenMinter
+from softphone.server.token_minter import TokenMinter
 from tests.audio_probe import Listener, dominant_freq, tone_level
 
 pytestmark = pytest.mark.integration

@@ -11,11 +11,11 @@ import pytest
 from livekit import api, rtc
 
 from softphone.errors import MediaError, ValidationError
+from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.token_minter import TokenMinter
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
 
 pytestmark = pytest.mark.integration
 

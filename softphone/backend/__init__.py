@@ -1,1 +1,1 @@
-"""FastAPI app serving services/ over HTTP, and the HTTP client for the app."""
+"""FastAPI app serving server/ over HTTP (the backend; holds the LiveKit secret)."""

@@ -43,12 +43,12 @@ from softphone.errors import (
     TransferError,
     ValidationError,
 )
-from softphone.services.history import HistoryStore
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.token_minter import TokenMinter
-from softphone.services.transfer_orchestrator import TransferOrchestrator
-from softphone.services.transfer_service import TransferRequest
+from softphone.protocol import TransferRequest
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
+from softphone.server.transfer_orchestrator import TransferOrchestrator
 from softphone.speech.pipeline import UploadGuard, http_status_for, transcribe_file
+from softphone.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
 

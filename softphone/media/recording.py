@@ -32,7 +32,7 @@ import numpy as np
 
 from softphone.errors import MediaError, SoftphoneError
 from softphone.media.session import RemoteAudio
-from softphone.services.history import HistoryStore
+from softphone.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
 

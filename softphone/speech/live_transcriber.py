@@ -35,8 +35,8 @@ from softphone.domain.events import EventEmitter
 from softphone.domain.transcript import TranscriptSegment
 from softphone.errors import SoftphoneError, SpeechError
 from softphone.media.session import RemoteAudio
-from softphone.services.history import HistoryStore
 from softphone.speech.whisper_engine import SAMPLE_RATE, WhisperEngine, shared_engine
+from softphone.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from softphone.config import Settings
 from softphone.errors import ConfigError
-from softphone.services.history import HistoryStore
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.token_minter import SupervisorMode, TokenMinter, TokenRole
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import SupervisorMode, TokenMinter, TokenRole
+from softphone.store.history import HistoryStore
 
 
 @dataclasses.dataclass

@@ -12,14 +12,14 @@ from livekit import rtc
 
 from softphone.domain.transcript import TranscriptSegment
 from softphone.errors import SpeechError
+from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.recording import CallRecorder
 from softphone.media.session import RemoteAudio, RtcSession
-from softphone.services.history import HistoryStore
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.token_minter import TokenMinter
+from softphone.server.token_minter import TokenMinter
 from softphone.speech.live_transcriber import LiveTranscriber
 from softphone.speech.local_stt import LocalStt
 from softphone.speech.whisper_engine import WhisperEngine
+from softphone.store.history import HistoryStore
 from tests.speech.corpus import SAMPLE_RATE, Call, RenderedCall, read_wav, wer
 
 pytestmark = pytest.mark.integration

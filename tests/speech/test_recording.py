@@ -17,12 +17,12 @@ import pytest
 from livekit import rtc
 
 from softphone.errors import MediaError
+from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.recording import CallRecorder, WavWriter, repair_directory, repair_wav
 from softphone.media.session import RemoteAudio, RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
-from softphone.services.history import HistoryStore
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.token_minter import TokenMinter
+from softphone.server.token_minter import TokenMinter
+from softphone.store.history import HistoryStore
 from tests.audio_probe import tone_level
 from tests.speech.corpus import ROOT, read_wav
 

@@ -17,9 +17,9 @@ from types import TracebackType
 
 import httpx
 
-from softphone.backend.client import RemoteTransferService
+from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Secret
-from softphone.services.local_server import LocalLiveKitServer, free_port
+from softphone.infra.local_server import LocalLiveKitServer, free_port
 
 IDENTITIES = 400
 _PR_SET_PDEATHSIG = 1

@@ -21,14 +21,16 @@ import numpy as np
 import pytest
 from livekit import rtc
 
+from softphone.client.agent_call import AgentCall
+from softphone.client.caller_mover import CallerMover
+from softphone.client.lobby import AgentLobby, Offer
 from softphone.errors import MediaError
+from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.token_minter import TokenMinter
-from softphone.services.transfer_participants import AgentCall, AgentLobby, CallerMover, Offer
-from softphone.services.transfer_service import TransferService
+from softphone.protocol import TransferService
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
 from tests.audio_probe import Listener, tone_level
 from tests.transfer.backend_process import BackendProcess
 
@@ -61,7 +63,7 @@ async def embedded_env(
     livekit_server: LocalLiveKitServer, minter: TokenMinter
 ) -> AsyncIterator[TransferEnv]:
     """The embedded orchestrator, one per session."""
-    from softphone.services.transfer_orchestrator import TransferOrchestrator
+    from softphone.server.transfer_orchestrator import TransferOrchestrator
     from softphone.speech.offline_summarizer import OfflineSummarizer
 
     async with RoomAdmin(

@@ -16,8 +16,8 @@ from softphone.errors import (
     ValidationError,
 )
 from softphone.media.session import RtcSession
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.transfer_service import TransferRequest
+from softphone.protocol import TransferRequest
+from softphone.server.room_admin import RoomAdmin
 from tests.transfer.conftest import TransferEnv, open_call
 
 pytestmark = pytest.mark.integration

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from softphone.config import Secret
-from softphone.services.history import HistoryStore
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.token_minter import TokenMinter
-from softphone.services.transfer_service import TransferRequest
+from softphone.infra.local_server import LocalLiveKitServer
+from softphone.protocol import TransferRequest
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter
+from softphone.store.history import HistoryStore
 from tests.providers.openai_api import FakeOpenAI, openai_server
 from tests.transfer.backend_process import BackendProcess
 from tests.transfer.conftest import (
@@ -59,7 +59,7 @@ async def degraded_embedded(
     openai_api: FakeOpenAI,
     history: HistoryStore,
 ) -> AsyncIterator[TransferEnv]:
-    from softphone.services.transfer_orchestrator import TransferOrchestrator
+    from softphone.server.transfer_orchestrator import TransferOrchestrator
     from softphone.speech.offline_summarizer import OfflineSummarizer
     from softphone.speech.openai_summarizer import OpenAISummarizer
 

@@ -9,7 +9,7 @@ import pytest
 
 from softphone.domain.transfer import TransferSnapshot
 from softphone.errors import SoftphoneError
-from softphone.services.room_admin import RoomAdmin
+from softphone.server.room_admin import RoomAdmin
 from tests.transfer.conftest import (
     A_HZ,
     CALLER_HZ,

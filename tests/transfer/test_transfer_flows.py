@@ -12,7 +12,7 @@ import pytest
 
 from softphone.domain.transcript import TranscriptSegment
 from softphone.domain.transfer import Mode
-from softphone.services.room_admin import RoomAdmin
+from softphone.server.room_admin import RoomAdmin
 from tests.transfer.conftest import (
     A_HZ,
     B_HZ,

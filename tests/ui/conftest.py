@@ -35,10 +35,10 @@ from PySide6.QtWidgets import QApplication
 
 from softphone.app import LiveKitAccess
 from softphone.config import Settings, load_settings
+from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.devices import rescan
 from softphone.media.session import RtcSession
-from softphone.services.local_server import LocalLiveKitServer
-from softphone.services.token_minter import TokenMinter
+from softphone.server.token_minter import TokenMinter
 from softphone.ui.shell import QtLoop
 from softphone.ui.theme import apply_theme
 from tests.audio_probe import Listener

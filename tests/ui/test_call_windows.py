@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from softphone.app import LiveKitAccess, open_context
-from softphone.services.token_minter import TokenMinter
+from softphone.server.token_minter import TokenMinter
 from softphone.ui.views.agent_window import AgentWindow
 from softphone.ui.views.caller_window import CallerWindow
 from tests.audio_probe import tone_level

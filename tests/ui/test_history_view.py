@@ -11,7 +11,7 @@ import pytest
 
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment
-from softphone.services.history import HistoryStore
+from softphone.store.history import HistoryStore
 from softphone.ui.views.history_view import HistoryView
 from tests.ui.conftest import wait_until
 

@@ -42,7 +42,7 @@ from PySide6.QtCore import Qt
 from softphone.app import LiveKitAccess, open_context
 from softphone.config import load_settings
 from softphone.media.devices import rescan
-from softphone.services.token_minter import TokenMinter
+from softphone.server.token_minter import TokenMinter
 from softphone.ui.views.agent_window import AgentWindow
 from tests.audio_probe import Capture, tone_level
 from tests.ui.conftest import SINK, close_windows, probe_listener, wait_until

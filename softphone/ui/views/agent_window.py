@@ -16,14 +16,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from softphone.client.agent_controller import AgentController
+from softphone.client.call_controller import CallController
+from softphone.client.lobby import Offer, Withdrawn
 from softphone.domain.transfer import TransferSnapshot
 from softphone.errors import SoftphoneError, ValidationError
-from softphone.services.transfer_participants import Offer, Withdrawn
-from softphone.services.transfer_service import PRESENCES
+from softphone.protocol import PRESENCES
 from softphone.ui.async_slot import run_task
 from softphone.ui.context import AppContext
-from softphone.ui.views.agent_controller import AgentController
-from softphone.ui.views.call_controller import CallController
 from softphone.ui.views.call_panel import CallPanel
 from softphone.ui.views.history_view import HistoryView
 from softphone.ui.views.offer_panel import OfferPanel

@@ -21,13 +21,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from softphone.client.call_controller import CallController
 from softphone.domain.identifiers import validate_room_name
 from softphone.errors import ValidationError
 from softphone.media.devices import DeviceSwitch
 from softphone.media.session import Disconnected, ParticipantChange, RemoteAudio, SessionEvent
 from softphone.ui.async_slot import Report, run_task
 from softphone.ui.bridge import EventBridge
-from softphone.ui.views.call_controller import CallController
 from softphone.ui.widgets.event_log import EventLog
 from softphone.ui.widgets.level_meter import LevelMeter
 

@@ -6,11 +6,12 @@ from typing import Any
 
 from PySide6.QtWidgets import QLabel
 
+from softphone.client.call_controller import CallController
+from softphone.client.caller_mover import CallerMover
+from softphone.client.legs import Moved
 from softphone.media.session import RtcSession
-from softphone.services.transfer_participants import CallerMover, Moved
 from softphone.ui.async_slot import run_task
 from softphone.ui.context import AppContext
-from softphone.ui.views.call_controller import CallController
 from softphone.ui.views.call_panel import CallPanel
 from softphone.ui.views.role_window import RoleWindow
 

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from softphone.services.history import CallDetail, HistoryStore
+from softphone.store.history import CallDetail, HistoryStore
 from softphone.ui.async_slot import Report, run_task
 from softphone.ui.widgets.summary_card import SummaryCardView
 from softphone.ui.widgets.transcript_view import TranscriptView

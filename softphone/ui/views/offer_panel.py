@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from softphone.services.transfer_participants import Offer
+from softphone.client.lobby import Offer
 from softphone.ui.widgets.summary_card import SummaryCardView
 from softphone.ui.widgets.transcript_view import TranscriptView
 

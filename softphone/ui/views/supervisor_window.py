@@ -18,12 +18,12 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
+from softphone.client.call_controller import CallController
 from softphone.domain.events import EventEmitter
 from softphone.errors import ConfigError, MediaError, SoftphoneError
 from softphone.media.call_leg import CallLeg
 from softphone.ui.async_slot import run_task
 from softphone.ui.context import AppContext
-from softphone.ui.views.call_controller import CallController
 from softphone.ui.views.role_window import RoleWindow
 from softphone.ui.widgets.level_meter import LevelMeter
 from softphone.ui.widgets.transcript_view import TranscriptView

@@ -24,7 +24,7 @@ from softphone.domain.identifiers import validate_identity
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transfer import TransferSnapshot
 from softphone.errors import ValidationError
-from softphone.services.transfer_service import AgentEntry
+from softphone.protocol import AgentEntry
 
 ACTIVE = ("preparing", "offering", "consulting", "completing")
 PHASE_TEXT = {

@@ -15,7 +15,7 @@ import httpx
 from softphone.config import Secret
 from softphone.domain.transfer import TransferSnapshot
 from softphone.errors import BackendError, ConfigError
-from softphone.services.transfer_service import (
+from softphone.protocol import (
     AgentEntry,
     RoomEntry,
     TokenGrant,

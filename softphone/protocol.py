@@ -2,16 +2,16 @@
 
 Two implementations:
 
-- :class:`softphone.services.transfer_orchestrator.TransferOrchestrator`
+- :class:`softphone.server.transfer_orchestrator.TransferOrchestrator`
   (embedded): runs the protocol in-process with the LiveKit API key/secret.
-- :class:`softphone.backend.client.RemoteTransferService` (remote): the same
+- :class:`softphone.client.remote_service.RemoteTransferService` (remote): the same
   operations over HTTP to ``softphone.backend``; the workstation holds no
   LiveKit secret.
 
 Every change of a transfer is emitted as ``transfer_changed`` with a
 :class:`~softphone.domain.transfer.TransferSnapshot`. Besides, the service sends
 each snapshot as a data message on :data:`STATUS_TOPIC` to A in the call room,
-so A's app (:class:`softphone.services.transfer_participants.AgentCall`) follows
+so A's app (:class:`softphone.client.agent_call.AgentCall`) follows
 the transfer the same way in both modes.
 
 RPC methods and data topics used between the service and the apps:

@@ -13,21 +13,17 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
+from softphone.client.agent_call import AgentCall
+from softphone.client.call_controller import CallController
+from softphone.client.legs import Moved
+from softphone.client.lobby import AgentLobby, Offer, Withdrawn
 from softphone.domain.events import EventEmitter
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment
 from softphone.domain.transfer import Mode, TransferSnapshot
 from softphone.errors import SoftphoneError, TransferError
 from softphone.media.session import RemoteAudio
-from softphone.services.transfer_participants import (
-    AgentCall,
-    AgentLobby,
-    Moved,
-    Offer,
-    Withdrawn,
-)
-from softphone.services.transfer_service import Presence
-from softphone.ui.views.call_controller import CallController
+from softphone.protocol import Presence
 
 log = logging.getLogger(__name__)
 

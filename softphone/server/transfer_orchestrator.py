@@ -11,7 +11,7 @@ notices the caller hanging up and B leaving. Every transition goes to the
 to the call's history: the chain of custody.
 
 Open-source LiveKit has no MoveParticipant, so moving the caller means the
-caller's own app reconnects (:class:`~softphone.services.transfer_participants.CallerMover`).
+caller's own app reconnects (:class:`~softphone.client.caller_mover.CallerMover`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,7 @@ from softphone.errors import (
 )
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
-from softphone.services.agent_directory import AgentDirectory
-from softphone.services.history import HistoryStore
-from softphone.services.room_admin import RoomAdmin
-from softphone.services.token_minter import TokenMinter, TokenRole
-from softphone.services.transfer_service import (
+from softphone.protocol import (
     RPC_JOIN,
     RPC_MOVE,
     RPC_OFFER,
@@ -67,7 +63,11 @@ from softphone.services.transfer_service import (
     TransferService,
     TransferTicket,
 )
+from softphone.server.agent_directory import AgentDirectory
+from softphone.server.room_admin import RoomAdmin
+from softphone.server.token_minter import TokenMinter, TokenRole
 from softphone.speech.summarizer import Summarizer, summarize_with_fallback
+from softphone.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
 

@@ -3,19 +3,19 @@
 Online agents sit in the lobby with audio off and publish their presence in
 their participant attributes; the service reads them with the server API.
 (An agent's app sees the same directory live through
-:meth:`softphone.services.transfer_participants.AgentLobby.directory`.)
+:meth:`softphone.client.lobby.AgentLobby.directory`.)
 """
 
 from __future__ import annotations
 
 from softphone.domain.identifiers import validate_identity, validate_room_name
 from softphone.errors import NotFoundError
-from softphone.services.room_admin import ParticipantInfo, RoomAdmin
-from softphone.services.transfer_service import (
+from softphone.protocol import (
     PRESENCE_ATTRIBUTE,
     PRESENCES,
     AgentEntry,
 )
+from softphone.server.room_admin import ParticipantInfo, RoomAdmin
 
 
 def _entry(p: ParticipantInfo) -> AgentEntry:

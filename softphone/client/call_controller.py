@@ -19,7 +19,7 @@ from softphone.errors import MediaError
 from softphone.media.call_leg import CallLeg
 from softphone.media.devices import AudioDevices, DeviceKind
 from softphone.media.session import RtcSession
-from softphone.services.token_minter import SupervisorMode, TokenRole
+from softphone.server.token_minter import SupervisorMode, TokenRole
 from softphone.ui.context import AppContext
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,260 @@
+"""An agent online in the lobby: presence, live directory, offers, bring-the-agent."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from types import TracebackType
+from typing import Literal
+
+from livekit import rtc
+
+from softphone.client.legs import (
+    Moved,
+    TaskSet,
+    first_audio,
+    join_room,
+    parse_grant,
+)
+from softphone.domain.events import EventEmitter
+from softphone.domain.summary import SummaryCard
+from softphone.domain.transcript import TranscriptSegment, unpack_transcript
+from softphone.domain.transfer import Mode
+from softphone.errors import MediaError, SoftphoneError, ValidationError
+from softphone.media.session import RtcSession
+from softphone.protocol import (
+    PRESENCE_ATTRIBUTE,
+    PRESENCES,
+    RPC_JOIN,
+    RPC_OFFER,
+    RPC_WITHDRAW,
+    AgentEntry,
+    Presence,
+    TransferService,
+)
+
+log = logging.getLogger(__name__)
+
+LobbyEvent = Literal["offer", "offer_withdrawn", "directory_changed", "joined_room", "moved"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """A transfer offered to this agent, with the summary to read before joining.
+
+    ``transcript`` is the call so far (its latest part, when the whole does not
+    fit in an offer; ``transcript_omitted`` counts the earlier segments left out).
+    """
+
+    transfer_id: str
+    from_agent: str
+    caller: str
+    mode: Mode
+    new_room: str
+    summary: SummaryCard | None
+    received_at: float
+    transcript: tuple[TranscriptSegment, ...] = ()
+    transcript_omitted: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Withdrawn:
+    """An offer that is gone before it was answered (caller hung up, cancelled, no answer)."""
+
+    transfer_id: str
+    reason: str
+
+
+class AgentLobby(EventEmitter[LobbyEvent]):
+    """An agent online in the lobby: presence, live directory, offers.
+
+    Use as ``async with AgentLobby(...) as lobby:``. Subscribe to ``offer``
+    (:class:`Offer`) and ``offer_withdrawn`` (:class:`Withdrawn`); answer with
+    :meth:`accept` or :meth:`decline`. After accepting, :attr:`call_session` is
+    the session in the transfer room; a bring-the-agent instruction moves it to
+    the caller's room (event ``moved``).
+
+    Args:
+        lobby_token: This agent's token for the lobby room.
+        url: The LiveKit URL.
+        service: The transfer service (embedded or remote).
+        mic: The agent's microphone source, published in call rooms (not the lobby).
+        presence: Initial presence.
+    """
+
+    def __init__(
+        self,
+        *,
+        lobby_token: str,
+        url: str,
+        service: TransferService,
+        mic: rtc.AudioSource | None = None,
+        presence: Presence = "available",
+    ) -> None:
+        super().__init__()
+        self._service = service
+        self._mic = mic
+        self._presence: Presence = presence
+        self.lobby = RtcSession(url=url, token=lobby_token)
+        self.offers: dict[str, Offer] = {}
+        self._offered: set[str] = set()
+        self.call_session: RtcSession | None = None
+        self._tasks = TaskSet()
+        self.lobby.on("participant_joined", lambda _: self.emit("directory_changed"))
+        self.lobby.on("participant_left", lambda _: self.emit("directory_changed"))
+        self.lobby.on("participant_attributes_changed", lambda _: self.emit("directory_changed"))
+
+    @property
+    def identity(self) -> str:
+        """This agent's identity."""
+        return self.lobby.identity
+
+    @property
+    def presence(self) -> Presence:
+        """This agent's current presence."""
+        return self._presence
+
+    async def start(self) -> AgentLobby:
+        """Join the lobby (audio off), publish presence, and answer offers.
+
+        Raises:
+            MediaError: The lobby could not be joined.
+        """
+        await self.lobby.connect()
+        self.lobby.register_rpc(RPC_OFFER, self._on_offer)
+        self.lobby.register_rpc(RPC_WITHDRAW, self._on_withdraw)
+        await self.set_presence(self._presence)
+        return self
+
+    async def set_presence(self, presence: Presence) -> None:
+        """Publish ``available``, ``busy`` or ``away`` in this agent's attributes.
+
+        Raises:
+            ValidationError: Not a presence value.
+        """
+        if presence not in PRESENCES:
+            raise ValidationError("presence", f"must be one of {', '.join(PRESENCES)}")
+        self._presence = presence
+        await self.lobby.set_attributes({PRESENCE_ATTRIBUTE: presence})
+
+    def directory(self) -> list[AgentEntry]:
+        """The other online agents, as seen live in the lobby."""
+        out = []
+        for p in self.lobby.room.remote_participants.values():
+            attrs = dict(p.attributes)
+            if attrs.get("role") != "agent":
+                continue
+            presence = attrs.get(PRESENCE_ATTRIBUTE, "away")
+            out.append(
+                AgentEntry(
+                    identity=p.identity,
+                    name=p.name or p.identity,
+                    presence=presence if presence in PRESENCES else "away",
+                )
+            )
+        return sorted(out, key=lambda a: a.identity)
+
+    async def _on_offer(self, inv: rtc.RpcInvocationData) -> str:
+        try:
+            data = json.loads(inv.payload)
+            summary = SummaryCard.from_dict(data["summary"]) if data.get("summary") else None
+            transcript, omitted = unpack_transcript(data)
+            offer = Offer(
+                transfer_id=str(data["transfer_id"]),
+                from_agent=str(data["from_agent"]),
+                caller=str(data["caller"]),
+                mode=data["mode"],
+                new_room=str(data["new_room"]),
+                summary=summary,
+                received_at=time.monotonic(),
+                transcript=tuple(transcript),
+                transcript_omitted=omitted,
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, SoftphoneError):
+            raise rtc.RpcError(
+                rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed offer"
+            ) from None
+        if offer.transfer_id in self._offered:
+            return "ringing"  # the same offer again: the service did not get the first answer
+        self._offered.add(offer.transfer_id)
+        self.offers[offer.transfer_id] = offer
+        self.emit("offer", offer)
+        return "ringing"
+
+    async def _on_withdraw(self, inv: rtc.RpcInvocationData) -> str:
+        try:
+            data = json.loads(inv.payload)
+            tid, reason = str(data["transfer_id"]), str(data.get("reason", ""))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed") from None
+        if self.offers.pop(tid, None) is not None:
+            self.emit("offer_withdrawn", Withdrawn(tid, reason))
+        return "ok"
+
+    async def accept(self, transfer_id: str) -> RtcSession:
+        """Accept an offer: get a token from the service and join the transfer room.
+
+        Raises:
+            SoftphoneError: The service refused (e.g. the offer was withdrawn).
+        """
+        self.offers.pop(transfer_id, None)
+        grant = await self._service.accept(transfer_id, agent=self.identity)
+        session = await join_room(grant, self._mic)
+        session.register_rpc(RPC_JOIN, self._on_join)
+        self.call_session = session
+        with contextlib.suppress(SoftphoneError, Exception):
+            await self.set_presence("busy")
+        self.emit("joined_room", session)
+        return session
+
+    async def decline(self, transfer_id: str, reason: str = "") -> None:
+        """Decline an offer, with a reason A will see."""
+        self.offers.pop(transfer_id, None)
+        await self._service.decline(transfer_id, agent=self.identity, reason=reason)
+
+    async def _on_join(self, inv: rtc.RpcInvocationData) -> str:
+        # Bring-the-agent: the caller could not move, so this agent goes to R1.
+        grant = parse_grant(inv.payload)
+        old = self.call_session
+        started = time.monotonic()
+        try:
+            new = await join_room(grant, self._mic)
+        except MediaError as exc:
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        self.call_session = new
+        self._tasks.spawn(self._close_when_audible(old, new))
+        self.emit("moved", Moved(grant.room, new, time.monotonic() - started))
+        return "joined"
+
+    @staticmethod
+    async def _close_when_audible(old: RtcSession | None, new: RtcSession) -> None:
+        # Answer the instruction first, leave the old room once the new one is audible.
+        await first_audio(new, 1.0)
+        if old is not None:
+            await old.aclose()
+
+    async def leave_call(self) -> None:
+        """Leave the current call room and become available again."""
+        session, self.call_session = self.call_session, None
+        if session is not None:
+            await session.aclose()
+        with contextlib.suppress(Exception):
+            await self.set_presence("available")
+
+    async def aclose(self) -> None:
+        """Leave every room."""
+        await self._tasks.cancel()
+        if self.call_session is not None:
+            await self.call_session.aclose()
+        await self.lobby.aclose()
+
+    async def __aenter__(self) -> AgentLobby:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

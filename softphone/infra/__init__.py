@@ -1,0 +1,1 @@
+"""Managed processes: the pinned livekit-server binary and a local server."""

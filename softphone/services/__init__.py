@@ -1,1 +1,0 @@
-"""Asyncio services without Qt: LiveKit server API, local server, history, transfers."""

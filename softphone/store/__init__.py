@@ -1,0 +1,1 @@
+"""Persistence on the workstation: the SQLite call history."""
