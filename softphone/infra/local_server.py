@@ -62,6 +62,17 @@ def _pick_ports(host: str) -> ServerPorts:
     return ServerPorts(signal=signal_port, rtc_tcp=tcp_port, rtc_udp=udp)
 
 
+def _private_opener(path: str, flags: int) -> int:
+    """``open`` opener for files readable by the user only (0600).
+
+    The mode is set again because an existing file (from an older version)
+    keeps its own, and a new file's is cut by the umask.
+    """
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
@@ -172,7 +183,12 @@ class LocalLiveKitServer:
         self.ports = _pick_ports(self._host)
         # Opening a log file and forking are quick, bounded calls; the wait for
         # readiness below is what must not block, and it does not.
-        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115, ASYNC230
+        out = (
+            # The log names rooms and participants: the user's only (0600).
+            open(self._log_path, "ab", opener=_private_opener)  # noqa: SIM115, ASYNC230
+            if self._log_path
+            else subprocess.DEVNULL
+        )
         started = time.monotonic()
         try:
             self._proc = subprocess.Popen(  # noqa: ASYNC220

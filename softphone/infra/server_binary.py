@@ -5,10 +5,17 @@ Search order: an explicit path (setting ``livekit_server_bin`` or
 pinned version, then the per-user cache, and last a build from the Go module
 registry into that cache (``go install ...@v<version>``), which takes a couple
 of minutes once.
+
+The build is checksummed: the module's ``h1:`` hash is pinned here and checked
+before the build, and Go verifies every download (the server and its
+dependencies, against the module's ``go.sum`` and the public checksum
+database); settings that would turn that verification off are removed from
+the build's environment.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,6 +29,11 @@ from softphone.errors import LocalServerError
 
 LIVEKIT_SERVER_VERSION = "1.13.5"
 LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
+# `go mod download -json github.com/livekit/livekit-server@v1.13.5` -> "Sum";
+# the same hash sum.golang.org records for this version.
+LIVEKIT_SERVER_MODULE_SUM = "h1:HWfxfKvi5k1czMVqLV/htGmPgEBhrqHMxpfyMvfhyVo="
+# Environment that would let Go skip checksum verification of downloads.
+_UNVERIFIED_GO_ENV = ("GONOSUMDB", "GONOSUMCHECK", "GOPRIVATE", "GOINSECURE")
 BINARY_NAME = "livekit-server"
 
 log = logging.getLogger(__name__)
@@ -81,6 +93,49 @@ def find_server_binary(explicit: str = "", env: Mapping[str, str] | None = None)
     return None
 
 
+def verified_go_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with every setting removed that would skip Go's checksum checks.
+
+    Go then verifies each module it downloads against ``go.sum`` and the
+    checksum database (``GOSUMDB``, default ``sum.golang.org``), and
+    ``-mod=readonly`` keeps it from rewriting any ``go.sum``.
+    """
+    clean = {k: v for k, v in env.items() if k not in _UNVERIFIED_GO_ENV}
+    if clean.get("GOSUMDB", "").strip() == "off":
+        del clean["GOSUMDB"]
+    flags = [
+        f for f in clean.get("GOFLAGS", "").split() if not f.startswith(("-insecure", "-mod="))
+    ]
+    clean["GOFLAGS"] = " ".join([*flags, "-mod=readonly"])
+    return clean
+
+
+def check_module_sum(go: str, env: Mapping[str, str]) -> None:
+    """Download the pinned server module and compare its hash with the pinned one.
+
+    Raises:
+        LocalServerError: The download failed or the module is not the pinned one.
+    """
+    module = LIVEKIT_SERVER_MODULE.removesuffix("/cmd/server")
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", f"{module}@v{LIVEKIT_SERVER_VERSION}"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        found = json.loads(proc.stdout).get("Sum", "")
+    except ValueError:
+        found = ""
+    if proc.returncode != 0 or found != LIVEKIT_SERVER_MODULE_SUM:
+        raise LocalServerError(
+            f"livekit-server {LIVEKIT_SERVER_VERSION} module checksum is {found or 'unknown'}, "
+            f"expected {LIVEKIT_SERVER_MODULE_SUM}; not building it:\n"
+            + (proc.stderr.strip() or proc.stdout.strip())[-2000:]
+        )
+
+
 def build_server_binary(env: Mapping[str, str] | None = None) -> Path:
     """Build the pinned livekit-server from the Go module registry into the cache.
 
@@ -91,7 +146,7 @@ def build_server_binary(env: Mapping[str, str] | None = None) -> Path:
         LocalServerError: Go is missing or the build failed; the message says
             what to install or where to look.
     """
-    env = dict(os.environ if env is None else env)
+    env = verified_go_env(os.environ if env is None else env)
     go = shutil.which("go", path=env.get("PATH"))
     if go is None:
         raise LocalServerError(
@@ -99,6 +154,7 @@ def build_server_binary(env: Mapping[str, str] | None = None) -> Path:
             "and Go is not installed to build it. Install Go (1.23 or newer), or put "
             f"livekit-server {LIVEKIT_SERVER_VERSION} on PATH, or set SOFTPHONE_LIVEKIT_SERVER."
         )
+    check_module_sum(go, env)
     target = cache_dir(env)
     target.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

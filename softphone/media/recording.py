@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import re
 import struct
 import time
@@ -53,6 +54,17 @@ def _header(data_bytes: int, sample_rate: int, channels: int = 1) -> bytes:
     )
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (its missing parent too) for the user only (0700).
+
+    ``mkdir``'s mode is cut by the umask, and an existing directory keeps its
+    mode, so the mode is set again: recordings are personal data.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 def safe_name(identity: str) -> str:
     """``identity`` made safe as part of a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", identity)[:100] or "unknown"
@@ -72,16 +84,19 @@ class WavWriter:
     def __init__(self, path: Path, *, sample_rate: int = SAMPLE_RATE) -> None:
         self.path = path
         self.sample_rate = sample_rate
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(path.parent)
         if path.exists() and path.stat().st_size >= HEADER_BYTES:
             repair_wav(path)
             self._f: BinaryIO = path.open("r+b")
             self._f.seek(0, 2)
             self.data_bytes = self._f.tell() - HEADER_BYTES
         else:
-            self._f = path.open("w+b")
+            # Created 0600 from the start, so no other user ever sees it; the
+            # file stays open for the writer's life, closed in close().
+            self._f = open(path, "w+b", opener=lambda p, flags: os.open(p, flags, 0o600))  # noqa: SIM115
             self._f.write(_header(0, sample_rate))
             self.data_bytes = 0
+        os.fchmod(self._f.fileno(), 0o600)  # also a file kept from an older version
         self._f.flush()
 
     @property
@@ -106,8 +121,6 @@ class WavWriter:
         """Flush to disk and close."""
         with contextlib.suppress(OSError):
             self._f.flush()
-            import os
-
             os.fsync(self._f.fileno())
         self._f.close()
 
@@ -214,9 +227,7 @@ class CallRecorder:
 
     async def start(self) -> CallRecorder:
         """Create the directory and start the periodic writer."""
-        await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self.directory.mkdir(parents=True, exist_ok=True)
-        )
+        await asyncio.get_running_loop().run_in_executor(self._pool, _private_dir, self.directory)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop(), name="recorder-flush")
         return self

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -183,7 +185,7 @@ class HistoryStore:
 
     def _open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_private()
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -193,6 +195,23 @@ class HistoryStore:
         except sqlite3.Error as exc:
             raise HistoryError(f"cannot open the history database at {self.path}") from exc
         self._conn = conn
+
+    def _make_private(self) -> None:
+        """Create the database file readable by the user only (0600).
+
+        SQLite creates its -wal, -shm and -journal files with the database
+        file's mode, so a private database keeps them private too; files left
+        by an older version are tightened here. No umask change: it is
+        process-wide and other threads create files at the same time.
+        """
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{self.path}{suffix}", 0o600)
+        except OSError as exc:
+            raise HistoryError(f"cannot create the history database at {self.path}") from exc
 
     async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
