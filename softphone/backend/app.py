@@ -1,15 +1,24 @@
-"""The softphone backend: the transfer service over HTTP (FastAPI).
+"""The softphone backend: the transfer service and the call registry over HTTP (FastAPI).
 
 Callers authenticate with per-user API keys (``Authorization: Bearer <key>``)
 loaded from the keys file (``backend_keys_file``)::
 
     {"keys": {"<api key>": {"identity": "agent-alice", "role": "agent"}, ...}}
 
-A key acts only as its own identity: an agent starts, completes and cancels
-its own transfers and answers offers made to it; a caller can only mint a
-caller token for itself. No LiveKit secret ever leaves the server: clients
-get short-lived tokens. Errors are JSON ``{"code": ..., "message": ...}``;
-the OpenAPI schema is at ``/openapi.json`` and the docs at ``/docs``.
+Roles: ``agent``, ``caller``, ``supervisor`` and ``service`` (an integrator
+such as the phone gateway). A key acts only as its own identity: an agent
+starts, completes and cancels its own transfers and answers offers made to
+it; a caller creates its own call and mints tokens for itself; a service
+creates calls for anyone. No LiveKit secret ever leaves the server: clients
+get short-lived tokens for the rooms they are parties of.
+
+Every body is a model of :mod:`softphone.http_models` (validated, and
+documented in the OpenAPI schema at ``/openapi.json``, docs at ``/docs``).
+Errors are JSON ``{"code": ..., "message": ...}``; bad input is a 400 (never
+a 422, which only ``/v1/speech`` uses, for audio it cannot take), and a
+client error is never a 5xx. Before any route runs, :class:`BodyGuard`
+bounds the body (size, JSON nesting depth, digits of a number), so a hostile
+body is refused before the JSON parser sees it.
 """
 
 from __future__ import annotations
@@ -21,15 +30,21 @@ import hmac
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from softphone import __version__
 from softphone.config import Settings, load_settings
@@ -43,17 +58,47 @@ from softphone.errors import (
     TransferError,
     ValidationError,
 )
-from softphone.protocol import TransferRequest
+from softphone.http_models import (
+    ID_PATTERN,
+    IDENTITY_PATTERN,
+    MAX_BODY_BYTES,
+    MAX_ID,
+    MAX_JSON_DEPTH,
+    MAX_NUMBER_DIGITS,
+    AgentOut,
+    CallOut,
+    CallRequestBody,
+    CallTicketOut,
+    DeclineBody,
+    ErrorBody,
+    HealthBody,
+    RoomOut,
+    ServiceInfoOut,
+    SpeechOut,
+    TokenOut,
+    TokenRequestBody,
+    TransferOut,
+    TransferRequestBody,
+    TransferTicketOut,
+    validation_message,
+)
+from softphone.protocol import TokenRoleName, TransferService
 from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter
 from softphone.server.transfer_orchestrator import TransferOrchestrator
-from softphone.speech.pipeline import UploadGuard, http_status_for, transcribe_file
+from softphone.speech.pipeline import CONTENT_TYPES, UploadGuard, http_status_for, transcribe_file
 from softphone.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
 
-PrincipalRole = Literal["agent", "caller"]
-MAX_BODY_BYTES = 256 * 1024
+PrincipalRole = Literal["agent", "caller", "supervisor", "service"]
+ROLES: tuple[PrincipalRole, ...] = get_args(PrincipalRole)
+# Routes whose body is not JSON: they stream it and bound it themselves.
+STREAMING_PATHS = frozenset({"/v1/speech"})
+# A declared body this much larger than the bound closes the connection
+# instead of being read and dropped.
+_DRAIN_LIMIT = 4 * MAX_BODY_BYTES
+MAX_WAIT_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +118,9 @@ class KeyRing:
 
     def __init__(self, keys: Mapping[str, Principal]) -> None:
         self._keys = dict(keys)
+        self._roles: dict[str, set[str]] = {}
+        for who in self._keys.values():
+            self._roles.setdefault(who.identity, set()).add(who.role)
 
     def __repr__(self) -> str:
         return f"KeyRing({len(self._keys)} keys)"
@@ -88,23 +136,23 @@ class KeyRing:
             raise ConfigError("the backend needs backend_keys_file (SOFTPHONE_BACKEND_KEYS_FILE)")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ConfigError(f"{path}: not a readable JSON keys file") from exc
         keys: dict[str, Principal] = {}
         entries = data.get("keys") if isinstance(data, dict) else None
         if not isinstance(entries, dict):
             raise ConfigError(f"{path}: expected {{'keys': {{key: {{identity, role}}}}}}")
         for n, (key, who) in enumerate(entries.items()):
-            if (
-                not isinstance(key, str)
-                or len(key) < 16
-                or not isinstance(who, dict)
-                or who.get("role") not in ("agent", "caller")
-                or not isinstance(who.get("identity"), str)
-            ):
+            identity = who.get("identity") if isinstance(who, dict) else None
+            try:
+                validate_identity(identity)
+                ok = isinstance(who, dict) and who.get("role") in ROLES
+            except ValidationError:
+                ok = False
+            if not isinstance(key, str) or len(key) < 16 or not ok:
                 raise ConfigError(
-                    f"{path}: entry {n + 1} needs a key of 16+ characters, an identity "
-                    "and a role (agent or caller)"
+                    f"{path}: entry {n + 1} needs a key of 16+ characters, a valid identity "
+                    f"and a role ({', '.join(ROLES)})"
                 )
             keys[key] = Principal(who["identity"], who["role"])
         return cls(keys)
@@ -117,6 +165,10 @@ class KeyRing:
                 found = who
         return found
 
+    def roles_of(self, identity: str) -> set[str]:
+        """The roles keys of ``identity`` have (empty for an identity without a key)."""
+        return set(self._roles.get(identity, ()))
+
 
 class AuthError(SoftphoneError):
     """The request is not authenticated (401) or not allowed (403)."""
@@ -127,18 +179,26 @@ class AuthError(SoftphoneError):
         self.code = "unauthorized" if status == 401 else "forbidden"
 
 
-def principal(request: Request) -> Principal:
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="The user's API key from the keys file: `Authorization: Bearer <key>`.",
+)
+
+
+def principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
     """The principal of a request, from its bearer API key.
 
     Raises:
         AuthError: No key, or an unknown one (401).
     """
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented:
+    if credentials is None or not credentials.credentials.strip():
         raise AuthError(401, "missing API key: send Authorization: Bearer <key>")
     keys: KeyRing = request.app.state.keys
-    who = keys.find(presented.strip())
+    who = keys.find(credentials.credentials.strip())
     if who is None:
         raise AuthError(401, "unknown API key")
     return who
@@ -158,6 +218,8 @@ def _status(exc: SoftphoneError) -> int:
         return 409
     if isinstance(exc, LiveKitError | SpeechError):
         return 503 if exc.retryable else 502
+    if isinstance(exc, ConfigError):
+        return 503
     return 500
 
 
@@ -165,23 +227,225 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ValidationError("body", f"must be at most {MAX_BODY_BYTES} bytes")
-    if not raw:
-        return {}
+# --- body guard -------------------------------------------------------------------------
+
+_JSON_TOKENS = re.compile(
+    # A string (to its closing quote, or to the end if it has none), a bracket,
+    # or a run of too many digits. Possessive quantifiers: no backtracking, O(n).
+    r'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]|[0-9]{' + str(MAX_NUMBER_DIGITS + 1) + ",}",
+    re.DOTALL,
+)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_json_body(raw: bytes, content_type: str | None) -> str | None:
+    """Why a JSON request body is refused (a ``"body: ..."`` message), or None if it is fine.
+
+    Checks, in O(n) and before parsing: UTF-8, nesting depth
+    (:data:`MAX_JSON_DEPTH`), numbers of more than :data:`MAX_NUMBER_DIGITS`
+    digits (Python's int parsing refuses 4300 and more with a ValueError), then
+    that it parses (without ``NaN``/``Infinity``) to a JSON object.
+    """
+    base = (content_type or "").split(";")[0].strip().lower()
+    if base != "application/json" and not (
+        base.startswith("application/") and base.endswith("+json")
+    ):
+        return "body: send JSON with Content-Type: application/json"
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValidationError("body", "is not valid JSON") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body: is not UTF-8"
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        first = match.group()[0]
+        if first == '"':
+            continue
+        if first in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        elif first in "]}":
+            depth -= 1
+        else:
+            return f"body: a number has more than {MAX_NUMBER_DIGITS} digits"
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return "body: is not valid JSON"
     if not isinstance(data, dict):
-        raise ValidationError("body", "must be a JSON object")
-    return data
+        return "body: must be a JSON object"
+    return None
+
+
+class BodyGuard:
+    """Pure ASGI middleware: bounds and checks JSON request bodies before any route parses them.
+
+    A body over ``max_bytes`` is a 413 ``too_large`` (refused from its
+    ``Content-Length`` without reading it, else as soon as it grows past the
+    bound); a body that is not a JSON object within the bounds of
+    :func:`check_json_body` is a 400 ``invalid_input``. A good body is handed
+    on unchanged. ``streaming_paths`` (the speech upload) pass untouched: they
+    stream their body and bound it themselves. The connection stays usable
+    after a refusal (the server drops the unread rest of the body), except
+    after a declared body far over the bound, where it is closed.
+
+    Args:
+        app: The application.
+        max_bytes: The largest body accepted.
+        streaming_paths: Paths whose bodies are not JSON.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int = MAX_BODY_BYTES,
+        streaming_paths: frozenset[str] = STREAMING_PATHS,
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.streaming_paths = streaming_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.streaming_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit() or len(declared) > 15:
+                await self._refuse(send, 400, "invalid_input", "body: bad Content-Length")
+                return
+            if int(declared) > self.max_bytes:
+                await self._too_large(send, close=int(declared) > _DRAIN_LIMIT)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send, close=False)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        if raw:
+            problem = check_json_body(raw, headers.get("content-type"))
+            if problem is not None:
+                await self._refuse(send, 400, "invalid_input", problem)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send, *, close: bool) -> None:
+        await self._refuse(
+            send,
+            413,
+            "too_large",
+            f"body: must be at most {self.max_bytes} bytes",
+            close=close,
+        )
+
+    @staticmethod
+    async def _refuse(
+        send: Send, status: int, code: str, message: str, *, close: bool = False
+    ) -> None:
+        body = json.dumps({"code": code, "message": message}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- the app ----------------------------------------------------------------------------
+
+_DESCRIPTIONS = {
+    400: "Bad input: malformed or non-JSON body, a bad field (`invalid_input`)",
+    401: "No API key, or an unknown one (`unauthorized`)",
+    403: "The key may not do this (`forbidden`)",
+    404: "No such transfer, call, room or identity, or not a party of it (`not_found`)",
+    409: "The protocol refuses the step now (`transfer_error`)",
+    413: "The body is too large (`too_large`; for /v1/speech `invalid_input`)",
+    415: "Not a supported audio type (`invalid_input`)",
+    422: "Audio that cannot be used, e.g. too long (`invalid_input`)",
+    502: "LiveKit or a provider failed (`livekit_error`, `speech_error`)",
+    503: "LiveKit or a provider is unavailable or not configured; retry later",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``codes``, plus those every /v1 route can answer."""
+    every = (400, 401, 413, 502, 503)
+    return {
+        c: {"model": ErrorBody, "description": _DESCRIPTIONS[c]}
+        for c in sorted(set(codes) | set(every))
+    }
+
+
+TransferId = Annotated[
+    str, PathParam(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN, description="Transfer id")
+]
+CallId = Annotated[
+    str, PathParam(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN, description="Call id")
+]
+
+
+def _new_app(lifespan: Any = None) -> FastAPI:
+    app = FastAPI(
+        title="softphone backend",
+        version=__version__,
+        description="Warm transfers, calls, tokens, rooms and the agent directory. "
+        "Errors are `{code, message}`; bad input is a 400.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyGuard)
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI documents a 422 for every route with parameters; ours answer
+        # 400 instead (the handler below), so only the 422s we declare stay.
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    answer = operation.get("responses", {}).get("422", {})
+                    if "HTTPValidationError" in json.dumps(answer):
+                        del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
 
 
 def create_app(
-    *, service: TransferOrchestrator, keys: KeyRing, settings: Settings | None = None
+    *, service: TransferService, keys: KeyRing, settings: Settings | None = None
 ) -> FastAPI:
     """The FastAPI app serving ``service`` to holders of ``keys``.
 
@@ -189,19 +453,15 @@ def create_app(
     an app that builds its own from settings. ``settings`` choose the speech
     providers and bounds of ``POST /v1/speech`` (defaults if not given).
     """
-    app = FastAPI(
-        title="softphone backend",
-        version=__version__,
-        description="Warm transfers, tokens, rooms and the agent directory.",
-    )
+    app = _new_app()
     app.state.keys = keys
     _routes(app, lambda: service, settings or load_settings({}, env={}))
     return app
 
 
-def _routes(
-    app: FastAPI, get_service: Callable[[], TransferOrchestrator], settings: Settings
-) -> None:
+def _routes(app: FastAPI, get_service: Callable[[], TransferService], settings: Settings) -> None:
+    keys: KeyRing = app.state.keys
+
     @app.exception_handler(SoftphoneError)
     async def _softphone_error(request: Request, exc: SoftphoneError) -> JSONResponse:
         status = _status(exc)
@@ -211,13 +471,16 @@ def _routes(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "path"))
-        return _error(400, "invalid_input", f"{where or 'request'}: {first.get('msg', 'invalid')}")
+        return _error(400, "invalid_input", validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {
+            400: "invalid_input",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+        }.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -225,100 +488,254 @@ def _routes(
         log.exception("unexpected error", extra={"path": request.url.path})
         return _error(500, "internal_error", "internal error")
 
-    def agent_only(who: Principal) -> None:
-        if who.role != "agent":
-            raise AuthError(403, "only agents may do this")
+    def only(who: Principal, *roles: PrincipalRole) -> None:
+        if who.role not in roles:
+            raise AuthError(403, f"a {who.role} key cannot do this (only {', '.join(roles)})")
 
     def same(who: Principal, identity: str, what: str) -> None:
         if identity != who.identity:
             raise AuthError(403, f"this key may only act as itself ({what})")
 
-    @app.get("/health", summary="Liveness")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def not_a(identity: str, field: str, *roles: str) -> None:
+        """Refuse an identity whose keys have one of ``roles`` (e.g. an agent as the caller)."""
+        if keys.roles_of(identity) & set(roles):
+            raise ValidationError(field, f"must not be a {'/'.join(sorted(roles))} identity")
 
-    @app.post("/v1/transfers", status_code=201, summary="Start a transfer (the seed's route)")
-    async def start(request: Request, who: Who) -> dict[str, Any]:
-        agent_only(who)
-        req = TransferRequest.from_dict(await _body(request))
-        same(who, req.from_agent, "from_agent")
-        return (await get_service().start_transfer(req)).to_dict()
+    @app.get("/health", summary="Liveness", response_model=HealthBody)
+    async def health() -> HealthBody:
+        return HealthBody(status="ok")
 
-    @app.get("/v1/transfers/{transfer_id}", summary="Status and timeline; long-poll")
+    # --- transfers ------------------------------------------------------------------
+
+    @app.post(
+        "/v1/transfers",
+        status_code=201,
+        summary="Start a transfer (the seed's route)",
+        response_model=TransferTicketOut,
+        responses=_errors(403, 404, 409),
+    )
+    async def start(body: TransferRequestBody, who: Who) -> TransferTicketOut:
+        only(who, "agent")
+        same(who, body.from_agent, "from_agent")
+        ticket = await get_service().start_transfer(body.to_domain())
+        return TransferTicketOut.from_domain(ticket)
+
+    @app.get(
+        "/v1/transfers/{transfer_id}",
+        summary="Status and timeline; long-poll",
+        description="With `wait_s` > 0, answers once the transfer's version exceeds "
+        f"`after_version`, or after `wait_s` (at most {MAX_WAIT_S:g} s are waited).",
+        response_model=TransferOut,
+        responses=_errors(403, 404),
+    )
     async def status(
-        transfer_id: str, who: Who, after_version: int = 0, wait_s: float = 0.0
-    ) -> dict[str, Any]:
+        transfer_id: TransferId,
+        who: Who,
+        after_version: Annotated[int, Query(ge=0, le=2**53)] = 0,
+        wait_s: Annotated[float, Query(ge=0.0, le=3600.0, allow_inf_nan=False)] = 0.0,
+    ) -> TransferOut:
         snap = await get_service().status(transfer_id)
         if who.identity not in (snap.caller, snap.from_agent, snap.to_agent):
             raise AuthError(403, "not a party of this transfer")
         if wait_s > 0:
             snap = await get_service().wait_for_change(
-                transfer_id, after_version=after_version, timeout_s=min(wait_s, 30.0)
+                transfer_id, after_version=after_version, timeout_s=min(wait_s, MAX_WAIT_S)
             )
-        return snap.to_dict()
+        return TransferOut.from_domain(snap)
 
-    @app.post("/v1/transfers/{transfer_id}/accept", summary="B accepts; returns B's R2 token")
-    async def accept(transfer_id: str, who: Who) -> dict[str, Any]:
-        agent_only(who)
-        return (await get_service().accept(transfer_id, agent=who.identity)).to_dict()
+    @app.post(
+        "/v1/transfers/{transfer_id}/accept",
+        summary="B accepts; returns B's R2 token",
+        response_model=TokenOut,
+        responses=_errors(403, 404, 409),
+    )
+    async def accept(transfer_id: TransferId, who: Who) -> TokenOut:
+        only(who, "agent")
+        return TokenOut.from_domain(await get_service().accept(transfer_id, agent=who.identity))
 
-    @app.post("/v1/transfers/{transfer_id}/decline", summary="B declines, with a reason")
-    async def decline(transfer_id: str, request: Request, who: Who) -> dict[str, Any]:
-        agent_only(who)
-        reason = (await _body(request)).get("reason", "")
-        if not isinstance(reason, str):
-            raise ValidationError("reason", "must be text")
+    @app.post(
+        "/v1/transfers/{transfer_id}/decline",
+        summary="B declines, with a reason",
+        response_model=TransferOut,
+        responses=_errors(403, 404, 409),
+    )
+    async def decline(
+        transfer_id: TransferId,
+        who: Who,
+        body: Annotated[DeclineBody | None, Body()] = None,
+    ) -> TransferOut:
+        only(who, "agent")
+        reason = body.reason if body else ""
         snap = await get_service().decline(transfer_id, agent=who.identity, reason=reason)
-        return snap.to_dict()
+        return TransferOut.from_domain(snap)
 
-    @app.post("/v1/transfers/{transfer_id}/complete", summary="A hands the caller over")
-    async def complete(transfer_id: str, who: Who) -> dict[str, Any]:
-        agent_only(who)
-        return (await get_service().complete(transfer_id, agent=who.identity)).to_dict()
+    @app.post(
+        "/v1/transfers/{transfer_id}/complete",
+        summary="A hands the caller over",
+        response_model=TransferOut,
+        responses=_errors(403, 404, 409),
+    )
+    async def complete(transfer_id: TransferId, who: Who) -> TransferOut:
+        only(who, "agent")
+        snap = await get_service().complete(transfer_id, agent=who.identity)
+        return TransferOut.from_domain(snap)
 
-    @app.post("/v1/transfers/{transfer_id}/cancel", summary="A cancels; the caller returns")
-    async def cancel(transfer_id: str, who: Who) -> dict[str, Any]:
-        agent_only(who)
-        return (await get_service().cancel(transfer_id, agent=who.identity)).to_dict()
+    @app.post(
+        "/v1/transfers/{transfer_id}/cancel",
+        summary="A cancels; the caller returns",
+        response_model=TransferOut,
+        responses=_errors(403, 404, 409),
+    )
+    async def cancel(transfer_id: TransferId, who: Who) -> TransferOut:
+        only(who, "agent")
+        snap = await get_service().cancel(transfer_id, agent=who.identity)
+        return TransferOut.from_domain(snap)
 
-    @app.get("/v1/agents", summary="The agent directory (lobby)")
-    async def agents(who: Who) -> list[dict[str, Any]]:
-        agent_only(who)
-        return [a.to_dict() for a in await get_service().list_agents()]
+    # --- calls ----------------------------------------------------------------------
 
-    @app.get("/v1/rooms", summary="Active rooms")
-    async def rooms(who: Who) -> list[dict[str, Any]]:
-        agent_only(who)
-        return [r.to_dict() for r in await get_service().list_rooms()]
+    @app.post(
+        "/v1/calls",
+        status_code=201,
+        summary="Create a call; answers the call and the requester's token for its room",
+        description="A caller key creates a call for itself (`caller` defaults to its "
+        "identity); an agent key for a caller, taken by itself or another agent; a service "
+        "key for anyone. Supervisor keys cannot create calls.",
+        response_model=CallTicketOut,
+        responses=_errors(403, 404, 409),
+    )
+    async def create_call(body: CallRequestBody, who: Who) -> CallTicketOut:
+        only(who, "caller", "agent", "service")
+        if who.role == "caller":
+            caller = body.caller or who.identity
+            same(who, caller, "caller")
+        elif body.caller is None:
+            raise ValidationError("caller", f"is required with a {who.role} key")
+        else:
+            caller = body.caller
+        not_a(caller, "caller", "agent", "supervisor", "service")
+        not_a(body.agent, "agent", "caller", "supervisor", "service")
+        ticket = await get_service().create_call(
+            caller=caller, agent=body.agent, requester=who.identity
+        )
+        return CallTicketOut.from_domain(ticket)
 
-    @app.post("/v1/tokens", summary="A token for the key's own identity in one room")
-    async def token(request: Request, who: Who) -> dict[str, Any]:
-        body = await _body(request)
-        identity = body.get("identity", who.identity)
-        role = body.get("role", who.role)
-        room = body.get("room")
-        if not isinstance(room, str):
-            raise ValidationError("room", "is required")
-        if role not in ("agent", "caller"):
-            raise ValidationError("role", "must be caller or agent")
+    @app.get(
+        "/v1/calls",
+        summary="Active calls this key may see (its own; every call for a supervisor)",
+        response_model=list[CallOut],
+        responses=_errors(403),
+    )
+    async def list_calls(who: Who) -> list[CallOut]:
+        only(who, "caller", "agent", "supervisor")
+        role: TokenRoleName = who.role  # type: ignore[assignment]  # service was refused
+        calls = await get_service().list_calls(identity=who.identity, role=role)
+        return [CallOut.from_domain(c) for c in calls]
+
+    @app.post(
+        "/v1/calls/{call_id}/end",
+        summary="A party hangs up for everyone: the call ends and its rooms close",
+        response_model=CallOut,
+        responses=_errors(404),
+    )
+    async def end_call(call_id: CallId, who: Who) -> CallOut:
+        return CallOut.from_domain(await get_service().end_call(call_id, identity=who.identity))
+
+    @app.get(
+        "/v1/service",
+        summary="The LiveKit URL and command key the apps trust",
+        response_model=ServiceInfoOut,
+        responses=_errors(),
+    )
+    async def service_info(who: Who) -> ServiceInfoOut:
+        return ServiceInfoOut.from_domain(await get_service().service_info())
+
+    # --- directory, rooms, tokens ---------------------------------------------------
+
+    @app.get(
+        "/v1/agents",
+        summary="The agent directory (lobby)",
+        response_model=list[AgentOut],
+        responses=_errors(403),
+    )
+    async def agents(who: Who) -> list[AgentOut]:
+        only(who, "agent", "supervisor", "service")
+        return [AgentOut.from_domain(a) for a in await get_service().list_agents()]
+
+    @app.get(
+        "/v1/rooms",
+        summary="Active rooms (supervisors only; agents use GET /v1/calls)",
+        response_model=list[RoomOut],
+        responses=_errors(403),
+    )
+    async def rooms(who: Who) -> list[RoomOut]:
+        only(who, "supervisor")
+        return [RoomOut.from_domain(r) for r in await get_service().list_rooms()]
+
+    @app.post(
+        "/v1/tokens",
+        summary="A token for the key's own identity and role in a room it is a party of",
+        description="`identity` and `role` default to the key's and may only be the key's; "
+        "`supervisor_mode` (listen, whisper, barge) only with role supervisor. A room the "
+        "identity is no party of is a 404, whether or not it exists.",
+        response_model=TokenOut,
+        responses=_errors(403, 404),
+    )
+    async def token(body: TokenRequestBody, who: Who) -> TokenOut:
+        if who.role == "service":
+            raise AuthError(403, "a service key cannot obtain tokens")
+        identity = body.identity or who.identity
         same(who, identity, "identity")
+        role = body.role or who.role
         if role != who.role:
             raise AuthError(403, f"a {who.role} key cannot obtain a {role} token")
-        grant = await get_service().mint_token(identity=identity, room=room, role=role)
-        return grant.to_dict()
+        if body.supervisor_mode is not None and role != "supervisor":
+            raise ValidationError("supervisor_mode", "only with role supervisor")
+        grant = await get_service().mint_token(
+            identity=identity,
+            room=body.room,
+            role=role,
+            supervisor_mode=body.supervisor_mode or "listen",
+        )
+        return TokenOut.from_domain(grant)
+
+    # --- speech ---------------------------------------------------------------------
+
+    audio_body = {"schema": {"type": "string", "format": "binary"}}
 
     @app.post(
         "/v1/speech",
         summary="Transcribe and summarize an uploaded recording",
         description="Send the audio file as the raw request body (WAV, FLAC, MP3, Ogg/Opus, "
-        "WebM) with its Content-Type. Answers the audio info, transcript and summary.",
+        "WebM) with its Content-Type. Answers the audio info, transcript and summary. "
+        "Refusals: 400 (bad `speaker`, empty or corrupt file), 413 (over the upload bound), "
+        "415 (not a supported type or format), 422 (audio too long), all `invalid_input`.",
+        response_model=SpeechOut,
+        responses=_errors(403, 415, 422),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {t: audio_body for t in sorted(CONTENT_TYPES)},
+            }
+        },
     )
-    async def speech(request: Request, who: Who, speaker: str = "") -> Any:
-        agent_only(who)
+    async def speech(
+        request: Request,
+        who: Who,
+        speaker: Annotated[
+            str,
+            Query(
+                max_length=128,
+                description="Identity given to the transcript's segments (default caller)",
+                json_schema_extra={"pattern": IDENTITY_PATTERN},
+            ),
+        ] = "",
+    ) -> Any:
+        only(who, "agent")
         try:
             guard = UploadGuard.from_settings(
                 settings, content_type=request.headers.get("content-type")
             )
+            speaker = validate_identity(speaker or "caller", "speaker")
             fd, name = tempfile.mkstemp(prefix="upload-", suffix=".audio")
             path = Path(name)
             try:
@@ -327,14 +744,12 @@ def _routes(
                         guard.add(chunk)
                         await asyncio.to_thread(out.write, chunk)
                 guard.finish()
-                result = await transcribe_file(
-                    path, settings, speaker=validate_identity(speaker or "caller", "speaker")
-                )
+                result = await transcribe_file(path, settings, speaker=speaker)
             finally:
                 await asyncio.to_thread(path.unlink, missing_ok=True)
         except ValidationError as exc:
             return _error(http_status_for(exc), exc.code, exc.message)
-        return result.to_dict()
+        return SpeechOut.model_validate(result.to_dict())
 
 
 @contextlib.asynccontextmanager
@@ -346,6 +761,7 @@ async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrato
     Raises:
         ConfigError: No LiveKit URL, key or secret.
     """
+    from softphone.server.command_signer import CommandSigner
     from softphone.speech.factory import make_offline_summarizer, make_summarizer
 
     secret = settings.livekit_api_secret
@@ -371,6 +787,7 @@ async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrato
             offer_timeout_s=settings.offer_timeout_s,
             move_timeout_s=settings.move_timeout_s,
             history=history,
+            signer=CommandSigner(settings.command_signing_key),
         )
         async with service:
             yield service
@@ -391,12 +808,7 @@ def build_app(settings: Settings) -> FastAPI:
             holder["service"] = service
             yield
 
-    app = FastAPI(
-        title="softphone backend",
-        version=__version__,
-        description="Warm transfers, tokens, rooms and the agent directory.",
-        lifespan=lifespan,
-    )
+    app = _new_app(lifespan)
     app.state.keys = keys
     _routes(app, lambda: holder["service"], settings)
     return app

@@ -22,6 +22,8 @@ from softphone.config import Secret
 from softphone.infra.local_server import LocalLiveKitServer, free_port
 
 IDENTITIES = 400
+# Supervisors (supervisor-N) and integrators such as the phone gateway (gateway-N).
+STAFF = 20
 _PR_SET_PDEATHSIG = 1
 
 
@@ -37,6 +39,8 @@ def identities() -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for n in range(IDENTITIES):
         out += [(f"caller-{n}", "caller"), (f"agent-a-{n}", "agent"), (f"agent-b-{n}", "agent")]
+    for n in range(STAFF):
+        out += [(f"supervisor-{n}", "supervisor"), (f"gateway-{n}", "service")]
     return out
 
 
