@@ -9,6 +9,7 @@ from typing import Literal
 
 from livekit import rtc
 
+from softphone.client.commands import CommandGuard
 from softphone.client.legs import (
     TaskSet,
     join_room,
@@ -46,13 +47,21 @@ class AgentCall(EventEmitter[AgentCallEvent]):
         session: A's connected session in the call room.
         mic: A's microphone source (published in the consult leg too).
         service: The transfer service.
+        guard: Checks that transfer status messages come from the service
+            (a participant's, or an unsigned one, is ignored).
     """
 
     def __init__(
-        self, *, session: RtcSession, mic: rtc.AudioSource | None, service: TransferService
+        self,
+        *,
+        session: RtcSession,
+        mic: rtc.AudioSource | None,
+        service: TransferService,
+        guard: CommandGuard,
     ) -> None:
         super().__init__()
         self.session = session
+        self._guard = guard
         self._mic = mic
         self._service = service
         self.consult: RtcSession | None = None
@@ -96,8 +105,12 @@ class AgentCall(EventEmitter[AgentCallEvent]):
         if msg.topic != STATUS_TOPIC:
             return
         try:
-            snap = TransferSnapshot.from_dict(msg.json())
+            body = self._guard.data(self.session, msg, STATUS_TOPIC)
         except SoftphoneError:
+            return  # not from the service (the guard logged it)
+        try:
+            snap = TransferSnapshot.from_dict(body)
+        except (SoftphoneError, KeyError, TypeError, ValueError):
             log.warning("malformed transfer status ignored")
             return
         self._tasks.spawn(self._apply(snap))

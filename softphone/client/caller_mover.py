@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from types import TracebackType
@@ -10,6 +11,7 @@ from typing import Any, Literal
 
 from livekit import rtc
 
+from softphone.client.commands import CommandGuard
 from softphone.client.legs import (
     Moved,
     TaskSet,
@@ -18,7 +20,6 @@ from softphone.client.legs import (
     first_audio,
     go_live,
     join_room,
-    parse_grant,
 )
 from softphone.domain.events import EventEmitter
 from softphone.errors import MediaError
@@ -44,6 +45,8 @@ class CallerMover(EventEmitter[CallerEvent]):
     Args:
         session: The caller's connected session in the call room.
         mic: The caller's microphone source (published again in the new room).
+        guard: Checks that standby and move instructions come from the service
+            and name its own LiveKit server (anything else is refused).
         strategy: ``make_before_break`` (join and publish, then leave) or
             ``break_before_make`` (the naive order; for the benchmark).
         audible_timeout_s: Make-before-break waits at most this long for the
@@ -58,11 +61,13 @@ class CallerMover(EventEmitter[CallerEvent]):
         *,
         session: RtcSession,
         mic: rtc.AudioSource | None,
+        guard: CommandGuard,
         strategy: MoveStrategy = "make_before_break",
         audible_timeout_s: float = 1.0,
     ) -> None:
         super().__init__()
         self.session = session
+        self._guard = guard
         self._audible_timeout_s = audible_timeout_s
         self._tasks = TaskSet()
         self._mic = mic
@@ -75,16 +80,16 @@ class CallerMover(EventEmitter[CallerEvent]):
         self._register(session)
 
     def _register(self, session: RtcSession) -> None:
-        session.register_rpc(RPC_MOVE, self._on_move)
+        session.register_rpc(RPC_MOVE, functools.partial(self._on_move, session))
         if self._strategy == "make_before_break":  # the naive baseline joins from scratch
-            session.register_rpc(RPC_STANDBY, self._on_standby)
+            session.register_rpc(RPC_STANDBY, functools.partial(self._on_standby, session))
 
     def standby(self, room: str) -> RtcSession | None:
         """The connected standby session in ``room``, if the app is waiting there."""
         task = self._standby.get(room)
         return finished_session(task) if task is not None else None
 
-    async def _on_standby(self, inv: rtc.RpcInvocationData) -> str:
+    async def _on_standby(self, session: RtcSession, inv: rtc.RpcInvocationData) -> str:
         """Connect to the transfer room ahead of the move, deaf and unheard.
 
         The standby grant lets this session not subscribe; the mic is
@@ -95,7 +100,7 @@ class CallerMover(EventEmitter[CallerEvent]):
         the move instruction, which confirms it). A repeated instruction
         finds the same connection.
         """
-        grant = parse_grant(inv.payload)
+        grant = self._guard.grant(self._guard.rpc(session, inv, RPC_STANDBY))
         task = self._standby.get(grant.room)
         if task is None:
             task = self._tasks.spawn(self._connect_standby(grant))
@@ -156,8 +161,8 @@ class CallerMover(EventEmitter[CallerEvent]):
                     return None
         return session
 
-    async def _on_move(self, inv: rtc.RpcInvocationData) -> str:
-        grant = parse_grant(inv.payload)
+    async def _on_move(self, session: RtcSession, inv: rtc.RpcInvocationData) -> str:
+        grant = self._guard.grant(self._guard.rpc(session, inv, RPC_MOVE))
         moving = self._moving.get(grant.room)
         if moving is None and self._strategy == "break_before_make":
             # The answer cannot come from a room already left: answer first.

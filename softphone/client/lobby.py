@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-import json
+import functools
 import logging
 import time
 from types import TracebackType
@@ -12,33 +13,44 @@ from typing import Literal
 
 from livekit import rtc
 
+from softphone.client.commands import CommandGuard
 from softphone.client.legs import (
     Moved,
     TaskSet,
+    answer_when_done,
     first_audio,
     join_room,
-    parse_grant,
 )
 from softphone.domain.events import EventEmitter
+from softphone.domain.identifiers import validate_room_name
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment, unpack_transcript
 from softphone.domain.transfer import Mode
-from softphone.errors import MediaError, SoftphoneError, ValidationError
+from softphone.errors import SoftphoneError, ValidationError
 from softphone.media.session import RtcSession
 from softphone.protocol import (
     PRESENCE_ATTRIBUTE,
     PRESENCES,
+    RPC_CALL_ASSIGNED,
     RPC_JOIN,
     RPC_OFFER,
     RPC_WITHDRAW,
     AgentEntry,
+    CallInfo,
     Presence,
+    TokenGrant,
     TransferService,
 )
 
 log = logging.getLogger(__name__)
 
-LobbyEvent = Literal["offer", "offer_withdrawn", "directory_changed", "joined_room", "moved"]
+# After bring-the-agent, the transfer room is left only this long after the
+# caller's room is audible: the answer to the instruction goes out through it.
+ANSWER_GRACE_S = 0.5
+
+LobbyEvent = Literal[
+    "offer", "offer_withdrawn", "directory_changed", "joined_room", "moved", "call_assigned"
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +93,8 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         lobby_token: This agent's token for the lobby room.
         url: The LiveKit URL.
         service: The transfer service (embedded or remote).
+        guard: Checks that offers, withdrawals and join instructions come from
+            the service (anything else is refused with no effect).
         mic: The agent's microphone source, published in call rooms (not the lobby).
         presence: Initial presence.
     """
@@ -91,17 +105,22 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         lobby_token: str,
         url: str,
         service: TransferService,
+        guard: CommandGuard,
         mic: rtc.AudioSource | None = None,
         presence: Presence = "available",
     ) -> None:
         super().__init__()
         self._service = service
+        self._guard = guard
         self._mic = mic
         self._presence: Presence = presence
         self.lobby = RtcSession(url=url, token=lobby_token)
         self.offers: dict[str, Offer] = {}
         self._offered: set[str] = set()
         self.call_session: RtcSession | None = None
+        # Bring-the-agent joins under way or done, by room: a repeated
+        # instruction answers from the same join.
+        self._joins: dict[str, asyncio.Task[RtcSession]] = {}
         self._tasks = TaskSet()
         self.lobby.on("participant_joined", lambda _: self.emit("directory_changed"))
         self.lobby.on("participant_left", lambda _: self.emit("directory_changed"))
@@ -126,6 +145,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         await self.lobby.connect()
         self.lobby.register_rpc(RPC_OFFER, self._on_offer)
         self.lobby.register_rpc(RPC_WITHDRAW, self._on_withdraw)
+        self.lobby.register_rpc(RPC_CALL_ASSIGNED, self._on_call_assigned)
         await self.set_presence(self._presence)
         return self
 
@@ -158,8 +178,8 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         return sorted(out, key=lambda a: a.identity)
 
     async def _on_offer(self, inv: rtc.RpcInvocationData) -> str:
+        data = self._guard.rpc(self.lobby, inv, RPC_OFFER)
         try:
-            data = json.loads(inv.payload)
             summary = SummaryCard.from_dict(data["summary"]) if data.get("summary") else None
             transcript, omitted = unpack_transcript(data)
             offer = Offer(
@@ -173,7 +193,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
                 transcript=tuple(transcript),
                 transcript_omitted=omitted,
             )
-        except (json.JSONDecodeError, KeyError, TypeError, SoftphoneError):
+        except (KeyError, TypeError, SoftphoneError):
             raise rtc.RpcError(
                 rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed offer"
             ) from None
@@ -184,11 +204,22 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         self.emit("offer", offer)
         return "ringing"
 
-    async def _on_withdraw(self, inv: rtc.RpcInvocationData) -> str:
+    async def _on_call_assigned(self, inv: rtc.RpcInvocationData) -> str:
+        # The service assigned a new call to this agent (its room is in the body).
+        data = self._guard.rpc(self.lobby, inv, RPC_CALL_ASSIGNED)
         try:
-            data = json.loads(inv.payload)
+            call = CallInfo.from_dict(data)
+            validate_room_name(call.room)
+        except (KeyError, TypeError, ValueError, SoftphoneError):
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed") from None
+        self.emit("call_assigned", call)
+        return "ok"
+
+    async def _on_withdraw(self, inv: rtc.RpcInvocationData) -> str:
+        data = self._guard.rpc(self.lobby, inv, RPC_WITHDRAW)
+        try:
             tid, reason = str(data["transfer_id"]), str(data.get("reason", ""))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed") from None
         if self.offers.pop(tid, None) is not None:
             self.emit("offer_withdrawn", Withdrawn(tid, reason))
@@ -203,7 +234,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         self.offers.pop(transfer_id, None)
         grant = await self._service.accept(transfer_id, agent=self.identity)
         session = await join_room(grant, self._mic)
-        session.register_rpc(RPC_JOIN, self._on_join)
+        session.register_rpc(RPC_JOIN, functools.partial(self._on_join, session))
         self.call_session = session
         with contextlib.suppress(SoftphoneError, Exception):
             await self.set_presence("busy")
@@ -215,25 +246,36 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         self.offers.pop(transfer_id, None)
         await self._service.decline(transfer_id, agent=self.identity, reason=reason)
 
-    async def _on_join(self, inv: rtc.RpcInvocationData) -> str:
-        # Bring-the-agent: the caller could not move, so this agent goes to R1.
-        grant = parse_grant(inv.payload)
-        old = self.call_session
+    async def _on_join(self, session: RtcSession, inv: rtc.RpcInvocationData) -> str:
+        """Bring-the-agent: the caller could not move, so this agent goes to R1.
+
+        The join runs as its own task: the service sends the instruction
+        again when an answer did not get through, and that must find the
+        same join, neither cancelled nor started twice. The service judges
+        the arrival by this agent talking in R1, not by the answer.
+        """
+        grant = self._guard.grant(self._guard.rpc(session, inv, RPC_JOIN))
+        if grant.room not in self._joins:
+            self._joins[grant.room] = self._tasks.spawn(self._join(grant, session))
+        await answer_when_done(self._joins, grant.room)
+        return "joined"
+
+    async def _join(self, grant: TokenGrant, old: RtcSession) -> RtcSession:
         started = time.monotonic()
-        try:
-            new = await join_room(grant, self._mic)
-        except MediaError as exc:
-            raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, exc.message) from None
+        new = await join_room(grant, self._mic)
         self.call_session = new
         self._tasks.spawn(self._close_when_audible(old, new))
         self.emit("moved", Moved(grant.room, new, time.monotonic() - started))
-        return "joined"
+        return new
 
     @staticmethod
-    async def _close_when_audible(old: RtcSession | None, new: RtcSession) -> None:
-        # Answer the instruction first, leave the old room once the new one is audible.
-        await first_audio(new, 1.0)
-        if old is not None:
+    async def _close_when_audible(old: RtcSession, new: RtcSession) -> None:
+        # Answer the instruction first, leave the old room once the new one is
+        # audible and the answer had time to go out through it.
+        try:
+            await first_audio(new, 1.0)
+            await asyncio.sleep(ANSWER_GRACE_S)
+        finally:
             await old.aclose()
 
     async def leave_call(self) -> None:

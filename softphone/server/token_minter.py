@@ -6,10 +6,21 @@ lives for minutes.
 
 | role       | publish                       | subscribe | data | hidden | own attributes |
 |------------|-------------------------------|-----------|------|--------|----------------|
-| caller     | microphone                    | yes       | yes  | no     | no             |
+| caller     | microphone                    | yes       | yes (RPC answers) | no | no     |
 | agent      | microphone                    | yes       | yes  | no     | yes (presence) |
-| supervisor | nothing (listen); mic (whisper, barge) | yes | yes | listen only | no |
+| supervisor | nothing (listen); mic (whisper, barge) | yes | no | listen only | no |
 | caller, standby | microphone (kept muted, subscribers: none) | no | no | no | no |
+
+The caller keeps data publishing because its app answers the service's
+``transfer.standby`` and ``transfer.move`` RPCs, and an RPC answer is a data
+packet: livekit-server 1.13.5 drops every data packet (acknowledgements and
+answers included) from a participant without ``canPublishData``, so the
+service's RPC then fails after two seconds although the app obeyed
+(measured). What a caller sends on a data topic or by RPC is not trusted
+instead: the apps obey only commands signed by the service
+(:mod:`softphone.client.commands`). A supervisor answers no RPC and sends no
+data, so it gets none; nor does a standby caller (commands reach the caller
+in its call room).
 
 A standby caller is connected to a transfer room ahead of the move: it cannot
 hear (no subscribe) or send data, and its app publishes its mic there muted
@@ -164,7 +175,7 @@ class TokenMinter:
                 room_join=True,
                 room=room,
                 can_subscribe=True,
-                can_publish_data=True,
+                can_publish_data=False,
                 can_publish=speaking,
                 can_publish_sources=mic_only if speaking else [],
                 hidden=mode == "listen",
