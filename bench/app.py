@@ -44,7 +44,7 @@ from softphone.infra.local_server import LocalLiveKitServer  # noqa: E402
 from softphone.infra.server_binary import ensure_server_binary  # noqa: E402
 from softphone.media.session import RtcSession  # noqa: E402
 from softphone.media.tone import SAMPLE_RATE  # noqa: E402
-from softphone.server.token_minter import TokenMinter  # noqa: E402
+from tests.transfer.backend_process import BackendProcess  # noqa: E402
 
 SPEECH = (
     "Hello, I am calling about my invoice. I was charged twice for order "
@@ -174,20 +174,32 @@ class App:
 
 
 async def measure_call_cpu(
-    server: LocalLiveKitServer, env: dict[str, str], pcm: np.ndarray, seconds: float, room: str
+    backend: BackendProcess, env: dict[str, str], pcm: np.ndarray, seconds: float, n: int
 ) -> float:
-    """CPU percent of an agent window in a call with this script as the caller."""
-    app = App(["--role", "agent", "--profile", f"bench-{room}", "--room", room], env)
+    """CPU percent of an agent window in a call with this script as the caller.
+
+    The agent app runs against the backend with its own key; the script places
+    a call to it as caller ``caller-<n>``, the service assigns it to
+    ``agent-a-<n>`` and the agent's app joins by itself (``call.assigned``).
+    """
+    agent, caller = f"agent-a-{n}", f"caller-{n}"
+    app_env = {
+        **env,
+        "SOFTPHONE_BACKEND_API_KEY": backend.keys[agent],
+        "SOFTPHONE_LOBBY_ROOM": backend.lobby,
+    }
+    args = ["--role", "agent", "--identity", agent, "--profile", f"bench-{n}"]
+    app = App([*args, "--backend", backend.url], app_env)
     try:
         app.wait_ready()
-        minter = TokenMinter(api_key=server.api_key, api_secret=server.api_secret)
-        token = minter.mint(role="caller", identity=f"bench-caller-{room}", room=room).token
-        async with RtcSession(url=server.url, token=token) as caller:
+        async with backend.client_for(caller) as service:
+            ticket = await service.create_call(caller=caller, agent=agent, requester=caller)
+        async with RtcSession(url=ticket.token.url, token=ticket.token.token) as call:
             source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
-            await caller.publish_audio(source)
+            await call.publish_audio(source)
             player = asyncio.ensure_future(play_loop(source, pcm))
             try:
-                await caller.wait_for_audio(f"agent-bench-{room}", timeout_s=30)
+                await call.wait_for_audio(agent, timeout_s=30)
                 await asyncio.sleep(3.0)  # settle (and, with transcript, load the model)
                 c0, t0 = cpu_seconds(app.proc.pid), time.monotonic()
                 await asyncio.sleep(seconds)
@@ -310,16 +322,19 @@ async def _run(tmp: Path, seconds: float) -> dict[str, float]:
 
         pcm = speech_pcm(tmp)
         binary = ensure_server_binary()
-        async with LocalLiveKitServer(binary=binary, log_path=tmp / "lk.log") as server:
-            call_env = {
-                **env,
-                "LIVEKIT_URL": server.url,
-                "LIVEKIT_API_KEY": server.api_key,
-                "LIVEKIT_API_SECRET": server.api_secret.get(),
-            }
-            cpu_off = await measure_call_cpu(server, call_env, pcm, seconds, "bench-off")
+        (tmp / "backend").mkdir()
+        async with (
+            LocalLiveKitServer(binary=binary, log_path=tmp / "lk.log") as server,
+            BackendProcess(
+                livekit_server=server,
+                workdir=tmp / "backend",
+                lobby="lobby-bench",
+                offer_timeout_s=30.0,
+            ) as backend,
+        ):
+            cpu_off = await measure_call_cpu(backend, env, pcm, seconds, 0)
             cpu_on = await measure_call_cpu(
-                server, {**call_env, "SOFTPHONE_LIVE_TRANSCRIPT": "1"}, pcm, seconds, "bench-on"
+                backend, {**env, "SOFTPHONE_LIVE_TRANSCRIPT": "1"}, pcm, seconds, 1
             )
         stall = await asyncio.to_thread(measure_transfer_stall, env, tmp / "home")
     return {

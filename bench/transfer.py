@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from softphone.backend.app import KeyRing, Principal, create_app
 from softphone.client.caller_mover import CallerMover, MoveStrategy
+from softphone.client.commands import CommandGuard
 from softphone.client.lobby import AgentLobby
 from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Secret
@@ -177,7 +178,9 @@ class Bench:
     async def one(self, strategy: MoveStrategy) -> Result:
         """One warm transfer, every party sending a tone; returns its numbers."""
         tag = uuid.uuid4().hex[:8]
-        room, c_id, a_id, b_id = f"bench-{tag}", f"c-{tag}", f"a-{tag}", f"b-{tag}"
+        c_id, a_id, b_id = f"c-{tag}", f"a-{tag}", f"b-{tag}"
+        # The call is the service's (its registry names the room), as in the apps.
+        room = (await self.service.create_call(caller=c_id, agent=a_id, requester=c_id)).call.room
         players: list[TonePlayer] = []
 
         def tone(freq: float) -> rtc.AudioSource:
@@ -194,7 +197,8 @@ class Bench:
         try:
             c_sess = await self._session("caller", c_id, room)
             await c_sess.publish_audio(caller_src)
-            mover = CallerMover(session=c_sess, mic=caller_src, strategy=strategy)
+            guard = CommandGuard(await self.service.service_info())
+            mover = CallerMover(session=c_sess, mic=caller_src, guard=guard, strategy=strategy)
             closers.append(mover)
             a_sess = await self._session("agent", a_id, room)
             closers.append(a_sess)
@@ -202,6 +206,7 @@ class Bench:
                 lobby_token=self.minter.mint(role="agent", identity=b_id, room=self.lobby).token,
                 url=self.server.url,
                 service=self.service,
+                guard=guard,
                 mic=b_src,
             )
             closers.append(lobby)
@@ -342,6 +347,7 @@ async def _join_lobby(
     service: RemoteTransferService,
     mic: rtc.AudioSource | None,
     offers: asyncio.Queue[Any],
+    guard: CommandGuard,
 ) -> AgentLobby:
     """B online in the lobby.
 
@@ -350,7 +356,7 @@ async def _join_lobby(
     counted as a failed transfer.
     """
     for attempt in range(1, SETUP_ATTEMPTS + 1):
-        lobby = AgentLobby(lobby_token=token, url=url, service=service, mic=mic)
+        lobby = AgentLobby(lobby_token=token, url=url, service=service, guard=guard, mic=mic)
         lobby.on("offer", offers.put_nowait)
         try:
             return await lobby.start()
@@ -394,7 +400,8 @@ async def _worker_call(
         # The caller's mic goes out where it is measured: in R2 (on standby,
         # muted until the move). Every published track costs this machine an
         # encoder, silent or not; the single transfers cover R1.
-        mover = CallerMover(session=c_sess, mic=src)
+        guard = CommandGuard(await a_svc.service_info())
+        mover = CallerMover(session=c_sess, mic=src, guard=guard)
         closers.append(mover)
         marks: dict[str, float] = {}
         mover.on("joined", lambda _: marks.setdefault("caller in R2", time.monotonic()))
@@ -409,7 +416,7 @@ async def _worker_call(
         )
         stage = "B joins the lobby"
         offers: asyncio.Queue[Any] = asyncio.Queue()
-        lobby = await _join_lobby(call["b_token"], url, b_svc, None, offers)
+        lobby = await _join_lobby(call["b_token"], url, b_svc, None, offers, guard)
         closers.append(lobby)
         stage = "start_transfer"
         ticket = await a_svc.start_transfer(
@@ -493,7 +500,7 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
     for i in range(n):
         tag = uuid.uuid4().hex[:8]
         c, a, b = f"c-{tag}", f"a-{tag}", f"b-{tag}"
-        room = f"bench-{tag}"
+        room = (await bench.service.create_call(caller=c, agent=a, requester=c)).call.room
         a_key, b_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         keys[a_key] = Principal(a, "agent")
         keys[b_key] = Principal(b, "agent")

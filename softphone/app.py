@@ -19,11 +19,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import logging.handlers
+import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softphone import __version__
@@ -32,12 +35,12 @@ from softphone.errors import ConfigError, SoftphoneError
 from softphone.infra.local_server import LocalLiveKitServer
 from softphone.infra.server_binary import ensure_server_binary
 from softphone.media.recording import repair_directory
-from softphone.server.room_admin import RoomAdmin
+from softphone.protocol import TransferService
 from softphone.server.token_minter import TokenMinter
 from softphone.store.history import HistoryStore
 
 if TYPE_CHECKING:
-    from softphone.ui.context import AppContext
+    from softphone.client.context import AppContext
 
 log = logging.getLogger("softphone")
 
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--identity", help=FIELDS["identity"].metadata["help"])
     parser.add_argument("--room", help=FIELDS["room"].metadata["help"])
+    parser.add_argument(
+        "--call-agent", dest="call_agent", help=FIELDS["call_agent"].metadata["help"]
+    )
     parser.add_argument("--url", dest="livekit_url", help=FIELDS["livekit_url"].metadata["help"])
     parser.add_argument(
         "--backend", dest="backend_url", help=FIELDS["backend_url"].metadata["help"]
@@ -88,6 +94,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             "role",
             "identity",
             "room",
+            "call_agent",
             "livekit_url",
             "backend_url",
             "log_level",
@@ -95,6 +102,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     }
     return load_settings(overrides)
+
+
+class PrivateRotatingLog(logging.handlers.RotatingFileHandler):
+    """The profile's log file: 0600 from its creation, rotated at 5 MB (3 kept)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
+        os.chmod(path, 0o600)  # an older, wider file is tightened
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return open(fd, "a", encoding=self.encoding)
 
 
 def setup_logging(settings: Settings) -> None:
@@ -105,7 +124,7 @@ def setup_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     for handler in (
         logging.StreamHandler(),
-        logging.FileHandler(settings.logs_dir / "softphone.log"),
+        PrivateRotatingLog(settings.logs_dir / "softphone.log"),
     ):
         handler.setFormatter(fmt)
         root.addHandler(handler)
@@ -153,6 +172,9 @@ async def livekit_access(settings: Settings) -> AsyncIterator[LiveKitAccess]:
             settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret
         )
         return
+    if settings.backend_url:  # the backend names its LiveKit server (service_info)
+        yield LiveKitAccess("")
+        return
     settings.ensure_dirs()
     binary = await asyncio.to_thread(ensure_server_binary, settings.livekit_server_bin)
     server = LocalLiveKitServer(binary=binary, log_path=settings.logs_dir / "livekit-server.log")
@@ -175,7 +197,7 @@ async def open_context(
         stack: Closes everything opened here, in reverse order.
         transfer: A transfer service to share (the demo's windows share one).
     """
-    from softphone.ui.context import AppContext
+    from softphone.client.context import AppContext
 
     settings.ensure_dirs()
     # Recordings cut by a crash get valid headers again; in a worker thread,
@@ -184,17 +206,10 @@ async def open_context(
     stack.push_async_callback(_report_repair, repair)
     history = await stack.enter_async_context(HistoryStore(settings.history_path))
     context = AppContext(settings=settings, url=access.url, history=history, transfer=transfer)
-    if access.api_secret is not None and access.api_key:
-        context.minter = TokenMinter(
-            api_key=access.api_key,
-            api_secret=access.api_secret,
-            default_ttl_s=settings.token_ttl_s,
-        )
-        context.admin = await stack.enter_async_context(
-            RoomAdmin(url=access.url, api_key=access.api_key, api_secret=access.api_secret)
-        )
     if context.transfer is None:
-        context.transfer = await open_transfer_service(settings, context, stack)
+        context.transfer = await open_transfer_service(settings, access, history, stack)
+    if not context.url:
+        context.url = (await context.service_info()).livekit_url
     return context
 
 
@@ -209,30 +224,45 @@ async def _report_repair(repair: asyncio.Future[list[Any]]) -> None:
 
 
 async def open_transfer_service(
-    settings: Settings, context: AppContext, stack: AsyncExitStack
-) -> Any | None:
-    """The remote transfer service with ``--backend``, else the embedded one (if it can mint)."""
+    settings: Settings, access: LiveKitAccess, history: HistoryStore, stack: AsyncExitStack
+) -> TransferService | None:
+    """The remote service with ``--backend``, else the embedded one (given the LiveKit secret).
+
+    Embedded, this process is the service: it holds the secret, keeps the
+    call registry and mints tokens for the parties of its calls only.
+    """
     if settings.backend_url:
         from softphone.client.remote_service import RemoteTransferService
 
         return await stack.enter_async_context(
             RemoteTransferService(base_url=settings.backend_url, api_key=settings.backend_api_key)
         )
-    if context.minter is None or context.admin is None:
+    if access.api_secret is None or not access.api_key:
         return None
+    from softphone.server.command_signer import CommandSigner
+    from softphone.server.room_admin import RoomAdmin
+    from softphone.server.token_minter import TokenMinter
     from softphone.server.transfer_orchestrator import TransferOrchestrator
     from softphone.speech.factory import make_offline_summarizer, make_summarizer
 
+    rooms = await stack.enter_async_context(
+        RoomAdmin(url=access.url, api_key=access.api_key, api_secret=access.api_secret)
+    )
     return await stack.enter_async_context(
         TransferOrchestrator(
-            url=context.url,
-            rooms=context.admin,
-            minter=context.minter,
+            url=access.url,
+            rooms=rooms,
+            minter=TokenMinter(
+                api_key=access.api_key,
+                api_secret=access.api_secret,
+                default_ttl_s=settings.token_ttl_s,
+            ),
             summarizer=make_summarizer(settings),
             fallback_summarizer=make_offline_summarizer(settings),
             lobby_room=settings.lobby_room,
             offer_timeout_s=settings.offer_timeout_s,
-            history=context.history,
+            history=history,
+            signer=CommandSigner(settings.command_signing_key),
         )
     )
 
@@ -241,9 +271,9 @@ def demo_settings(base: Settings) -> dict[str, Settings]:
     """The profiles of the demo's windows, derived from the base profile.
 
     Each window has its own profile (``<base>-caller``, ``-agent-a``, ...), so
-    histories and device choices stay apart; the room is ``demo-call``.
+    histories and device choices stay apart; the call room comes from the
+    service when the demo creates its call.
     """
-    room = base.room or "demo-call"
     out = {}
     for key, role, identity in (
         ("caller", "caller", "caller"),
@@ -257,7 +287,6 @@ def demo_settings(base: Settings) -> dict[str, Settings]:
                 "home": base.home,
                 "role": role,
                 "identity": identity,
-                "room": room,
                 "livekit_url": base.livekit_url or None,
                 "backend_url": base.backend_url or None,
                 "theme": base.theme,
@@ -277,8 +306,9 @@ async def build_windows(
 ) -> list[Any]:
     """Build the window(s) of one instance, opening their services on ``stack``.
 
-    In the demo the caller and Agent A join ``demo-call`` and both agents go
-    online in the lobby, so a warm transfer is one click away.
+    In the demo the caller places a call to Agent A through the service (its
+    registry gives the room), A joins it, and both agents go online in the
+    lobby, so a warm transfer is one click away.
     """
     from softphone.ui.views.agent_window import AgentWindow
     from softphone.ui.views.caller_window import CallerWindow
@@ -316,8 +346,15 @@ async def build_windows(
     a.go_online()
     b.go_online()
     if auto_join:
-        caller.call_panel.join_btn.click()
-        a.call_panel.join_btn.click()
+        service = contexts["caller"].service()
+        ticket = await service.create_call(
+            caller=profiles["caller"].effective_identity,
+            agent=profiles["agent_a"].effective_identity,
+            requester=profiles["caller"].effective_identity,
+        )
+        for w in (caller, a):
+            w.call_panel.room_edit.setText(ticket.call.room)
+            w.call_panel.join_btn.click()
     return windows
 
 
@@ -346,17 +383,23 @@ def _place(windows: Sequence[Any]) -> None:
 
 
 async def run_headless(settings: Settings) -> None:
-    """Join ``settings.room`` as ``settings.role`` with no window, until interrupted."""
+    """Join ``settings.room`` (a caller with none places a call) with no window, until interrupted."""
     from softphone.client.call_controller import CallController
 
-    if not settings.room:
-        raise ConfigError("--headless needs --room")
+    if not settings.room and settings.role != "caller":
+        raise ConfigError("--headless needs --room (a call this identity is a party of)")
     async with AsyncExitStack() as stack:
         access = await stack.enter_async_context(livekit_access(settings))
         context = await open_context(settings, access, stack)
         calls = CallController(context=context, role=settings.role)
         stack.push_async_callback(calls.aclose)
-        leg = await calls.join(settings.room, publish=settings.role != "supervisor")
+        room = settings.room
+        if not room:  # a caller with no room places a call to --call-agent
+            ticket = await context.service().create_call(
+                caller=calls.identity, agent=settings.call_agent, requester=calls.identity
+            )
+            room = ticket.call.room
+        leg = await calls.join(room, publish=settings.role != "supervisor")
         mic = calls.devices.mic
         print(
             f"joined {leg.room_name} as {calls.identity} "

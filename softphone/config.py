@@ -85,7 +85,10 @@ class Settings:
     role: Role = _field("agent", "role this instance plays: caller, agent or supervisor")
     identity: str = _field("", "participant identity (empty: derived from role and profile)")
     display_name: str = _field("", "name shown to other participants")
-    room: str = _field("", "room to join at start (callers and agents)")
+    room: str = _field("", "call room to join at start (a call this identity is a party of)")
+    call_agent: str = _field(
+        "agent-a", "the agent a caller's call goes to (until calls are queued)"
+    )
     lobby_room: str = _field("lobby", "room where online agents wait; it is the agent directory")
 
     livekit_url: str = _field(
@@ -100,6 +103,12 @@ class Settings:
 
     backend_url: str = _field("", "softphone backend URL (empty: embedded services)")
     backend_api_key: Secret | None = _field(None, "API key for the backend", secret=True)
+    command_signing_key: Secret | None = _field(
+        None,
+        "service only: Ed25519 seed (base64url, 32 bytes) that signs commands to the apps"
+        " (empty: a new key per start)",
+        secret=True,
+    )
     backend_keys_file: Path = _field(
         Path(), "backend only: JSON file mapping API keys to identity and role"
     )
@@ -174,9 +183,15 @@ class Settings:
         return not self.livekit_url
 
     def ensure_dirs(self) -> None:
-        """Create the profile's directories."""
+        """Create the profile's directories, readable by the user only (0700).
+
+        They hold personal data (history, recordings, logs). ``mkdir``'s mode
+        is cut by the umask and an existing directory keeps its mode, so the
+        mode is set again each time.
+        """
         for d in (self.profile_dir, self.logs_dir, self.recordings_path):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
@@ -389,8 +404,11 @@ def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
         if FIELDS[key].metadata.get("secret"):
             values[key] = getattr(settings, key)
     _validate(values)
-    settings.profile_dir.mkdir(parents=True, exist_ok=True)
+    settings.profile_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a .tmp left over by a crash keeps its old mode otherwise
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(current, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return Settings(**values)

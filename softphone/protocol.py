@@ -30,11 +30,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
+import binascii
 import dataclasses
+import json
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from softphone.domain.events import EventEmitter
 from softphone.domain.identifiers import validate_identity, validate_room_name
@@ -46,7 +52,9 @@ from softphone.errors import ValidationError
 TransferServiceEvent = Literal["transfer_changed"]
 Presence = Literal["available", "busy", "away"]
 PRESENCES: tuple[Presence, ...] = ("available", "busy", "away")
-TokenRoleName = Literal["caller", "agent"]
+TokenRoleName = Literal["caller", "agent", "supervisor"]
+SupervisorMode = Literal["listen", "whisper", "barge"]
+RPC_CALL_ASSIGNED = "call.assigned"
 
 RPC_OFFER = "transfer.offer"
 RPC_WITHDRAW = "transfer.withdraw"
@@ -56,6 +64,82 @@ RPC_JOIN = "transfer.join"
 STATUS_TOPIC = "transfer.status"
 SUMMARY_TOPIC = "transfer.summary"
 PRESENCE_ATTRIBUTE = "presence"
+
+# ---- signed commands ---------------------------------------------------------
+# Every RPC payload and data message above comes from the service, signed with
+# its Ed25519 key (softphone.server.command_signer): the apps check it with
+# verify_command. The wire payload is ``{"cmd": "<JSON text>", "sig": "<b64url>"}``
+# where the text holds ``{method, to, room, exp, nonce, body}`` and the
+# signature covers its UTF-8 bytes. ``to`` is one identity, or
+# COMMAND_TO_ROOM for a room-wide data message (the summary topic).
+COMMAND_TO_ROOM = "*"
+# Leeway for a workstation clock behind or ahead of the service's.
+COMMAND_CLOCK_SKEW_S = 30.0
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode unpadded base64url (as keys and signatures travel).
+
+    Raises:
+        ValidationError: Not base64url.
+    """
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValidationError("payload", "not base64url") from exc
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url of ``data``."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def verify_command(
+    payload: str | bytes, *, public_key_b64: str, method: str, me: str, room: str, now: float
+) -> dict[str, Any]:
+    """Check a signed command from the service and return its body.
+
+    Args:
+        payload: The RPC payload or data message as received.
+        public_key_b64: The service's command key (:class:`ServiceInfo`).
+        method: The RPC method or data topic it arrived as.
+        me: This participant's identity.
+        room: The room it arrived in.
+        now: Seconds since the epoch.
+
+    Raises:
+        ValidationError: Not JSON, a bad signature, or signed for another
+            method, recipient or room, or expired.
+    """
+    try:
+        outer = json.loads(payload)
+        text, sig = outer["cmd"], outer["sig"]
+        if not isinstance(text, str) or not isinstance(sig, str):
+            raise TypeError("cmd and sig must be text")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValidationError("payload", "not a signed command") from exc
+    try:
+        key = Ed25519PublicKey.from_public_bytes(b64url_decode(public_key_b64))
+        key.verify(b64url_decode(sig), text.encode())
+    except (InvalidSignature, ValueError) as exc:
+        raise ValidationError("payload", "bad signature") from exc
+    try:
+        cmd = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError("payload", "not a command") from exc
+    if not isinstance(cmd, dict) or not isinstance(cmd.get("body"), dict):
+        raise ValidationError("payload", "not a command")
+    if cmd.get("method") != method:
+        raise ValidationError("payload", "signed for another method")
+    if cmd.get("to") not in (me, COMMAND_TO_ROOM):
+        raise ValidationError("payload", "signed for another recipient")
+    if cmd.get("room") != room:
+        raise ValidationError("payload", "signed for another room")
+    exp = cmd.get("exp")
+    if not isinstance(exp, (int, float)) or now > exp + COMMAND_CLOCK_SKEW_S:
+        raise ValidationError("payload", "expired")
+    body: dict[str, Any] = cmd["body"]
+    return body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +154,6 @@ class TransferRequest:
         mode: warm, warm_intro, direct or cold.
         transcript: The call's transcript so far, from A's app.
         summary: A summary A already has (or edited); skips the summarizer.
-        call_id: The history call id, if A's app has one.
     """
 
     caller: str
@@ -80,7 +163,6 @@ class TransferRequest:
     mode: Mode = "warm"
     transcript: tuple[TranscriptSegment, ...] = ()
     summary: SummaryCard | None = None
-    call_id: str = ""
 
     def validate(self) -> TransferRequest:
         """Check every field; returns self.
@@ -109,7 +191,6 @@ class TransferRequest:
             "mode": self.mode,
             "transcript": [s.to_dict() for s in self.transcript],
             "summary": self.summary.to_dict() if self.summary else None,
-            "call_id": self.call_id,
         }
 
     @classmethod
@@ -140,7 +221,6 @@ class TransferRequest:
             mode=validate_mode(data.get("mode", "warm")),
             transcript=transcript,
             summary=SummaryCard.from_dict(summary) if summary else None,
-            call_id=str(data.get("call_id") or ""),
         ).validate()
 
 
@@ -249,6 +329,101 @@ class RoomEntry:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class CallInfo:
+    """A call as the service's registry knows it.
+
+    Attributes:
+        call_id: Server-generated id.
+        room: The call room (unguessable; changes when the caller is moved).
+        caller: The caller's identity.
+        agent: The agent the call is assigned to (B after a transfer).
+        consult_rooms: Transfer rooms of this call that are open now.
+        created_at: Seconds since the epoch.
+        ended_at: When it ended (None while active).
+    """
+
+    call_id: str
+    room: str
+    caller: str
+    agent: str
+    consult_rooms: tuple[str, ...] = ()
+    created_at: float = 0.0
+    ended_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the call is still going."""
+        return self.ended_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        d["consult_rooms"] = list(self.consult_rooms)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CallInfo:
+        """Build from :meth:`to_dict` output."""
+        ended = data.get("ended_at")
+        return cls(
+            call_id=str(data["call_id"]),
+            room=str(data["room"]),
+            caller=str(data["caller"]),
+            agent=str(data["agent"]),
+            consult_rooms=tuple(str(r) for r in data.get("consult_rooms") or ()),
+            created_at=float(data.get("created_at") or 0.0),
+            ended_at=None if ended is None else float(ended),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CallTicket:
+    """What creating a call returns: the call and the requester's token for its room."""
+
+    call: CallInfo
+    token: TokenGrant
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"call": self.call.to_dict(), "token": self.token.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CallTicket:
+        """Build from :meth:`to_dict` output."""
+        return cls(call=CallInfo.from_dict(data["call"]), token=TokenGrant.from_dict(data["token"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceInfo:
+    """What an app needs to trust the service's commands.
+
+    Attributes:
+        livekit_url: The deployment's own LiveKit URL: a move or join
+            instruction naming any other URL is refused.
+        command_key: The public half of the key the service signs commands
+            with (base64url, Ed25519).
+        lobby_room: The agents' lobby.
+    """
+
+    livekit_url: str
+    command_key: str
+    lobby_room: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServiceInfo:
+        """Build from :meth:`to_dict` output."""
+        return cls(
+            livekit_url=str(data["livekit_url"]),
+            command_key=str(data["command_key"]),
+            lobby_room=str(data["lobby_room"]),
+        )
+
+
 class TransferService(EventEmitter[TransferServiceEvent], abc.ABC):
     """Warm transfers, tokens, rooms and the agent directory, embedded or remote.
 
@@ -307,8 +482,53 @@ class TransferService(EventEmitter[TransferServiceEvent], abc.ABC):
         """Active rooms."""
 
     @abc.abstractmethod
-    async def mint_token(self, *, identity: str, room: str, role: TokenRoleName) -> TokenGrant:
-        """A fresh token (e.g. to re-join, or because a handed-out one expired)."""
+    async def mint_token(
+        self,
+        *,
+        identity: str,
+        room: str,
+        role: TokenRoleName,
+        supervisor_mode: SupervisorMode = "listen",
+    ) -> TokenGrant:
+        """A fresh token for a party of ``room`` (to join, re-join, or because one expired).
+
+        Only parties get tokens: a caller for its own call room (and the room
+        it is moved to), an agent for the lobby, the calls it is assigned and
+        the consult rooms of its transfers, a supervisor for active calls.
+
+        Raises:
+            NotFoundError: ``identity`` is no party of ``room`` in that role, or
+                the room does not exist (the same answer either way).
+        """
+
+    @abc.abstractmethod
+    async def create_call(self, *, caller: str, agent: str, requester: str) -> CallTicket:
+        """Register a new call of ``caller`` taken by ``agent``; its room is unguessable.
+
+        Returns the call and ``requester``'s token for its room (the caller's
+        or the agent's). The agent is told by a ``call.assigned`` command in
+        the lobby when it is there.
+
+        Raises:
+            ValidationError: Bad identities, or caller and agent the same.
+            TransferError: The caller already has an active call.
+        """
+
+    @abc.abstractmethod
+    async def list_calls(self, *, identity: str, role: TokenRoleName) -> list[CallInfo]:
+        """Active calls ``identity`` may see: its own; every call for a supervisor."""
+
+    @abc.abstractmethod
+    async def end_call(self, call_id: str, *, identity: str) -> CallInfo:
+        """A party hangs up for everyone: the call ends and its rooms close.
+
+        Raises:
+            NotFoundError: No such call, or ``identity`` is no party of it.
+        """
+
+    @abc.abstractmethod
+    async def service_info(self) -> ServiceInfo:
+        """The LiveKit URL and command key the apps trust."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from softphone.client.agent_call import AgentCall
 from softphone.client.call_controller import CallController
+from softphone.client.commands import CommandGuard
 from softphone.client.legs import Moved
 from softphone.client.lobby import AgentLobby, Offer, Withdrawn
 from softphone.domain.events import EventEmitter
@@ -22,8 +23,8 @@ from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment
 from softphone.domain.transfer import Mode, TransferSnapshot
 from softphone.errors import SoftphoneError, TransferError
-from softphone.media.session import RemoteAudio
-from softphone.protocol import Presence
+from softphone.media.session import RemoteAudio, RtcSession
+from softphone.protocol import CallInfo, Presence
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ AgentEvent = Literal[
     "transcript_error",
     "presence",
     "lobby",
+    "call_assigned",
 ]
 
 
@@ -52,6 +54,7 @@ class AgentController:
         self.context = calls.context
         self.lobby: AgentLobby | None = None
         self.agent_call: AgentCall | None = None
+        self._guard: CommandGuard | None = None
         self.live: Any | None = None
         self.segments: list[TranscriptSegment] = []
         self.last_snapshot: TransferSnapshot | None = None
@@ -69,6 +72,12 @@ class AgentController:
         if self.context.transfer is not None:
             self._offs.append(self.context.transfer.on("transfer_changed", self._on_service_event))
 
+    def _on_call_assigned(self, call: CallInfo) -> None:
+        """The service assigned a call to this agent: take it unless busy with another."""
+        self.events.emit("call_assigned", call)
+        if self.calls.call is None:
+            self._spawn(self.calls.join(call.room))
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -79,6 +88,17 @@ class AgentController:
                 log.warning("agent background task failed", exc_info=t.exception())
 
         task.add_done_callback(done)
+
+    async def command_guard(self) -> CommandGuard:
+        """The gate for the service's commands (asks the service for its key once).
+
+        Raises:
+            TransferError: No transfer service is configured.
+            SoftphoneError: The service could not be reached.
+        """
+        if self._guard is None:
+            self._guard = CommandGuard(await self._service().service_info())
+        return self._guard
 
     @property
     def transfers_available(self) -> bool:
@@ -104,6 +124,7 @@ class AgentController:
             lobby_token=token,
             url=self.context.url,
             service=self.context.transfer,
+            guard=await self.command_guard(),
             mic=mic.source if mic else None,
             presence=presence,
         )
@@ -111,6 +132,7 @@ class AgentController:
         lobby.on("offer_withdrawn", lambda w: self.events.emit("offer_withdrawn", w))
         lobby.on("directory_changed", lambda _p: self.events.emit("directory", lobby.directory()))
         lobby.on("moved", self._on_lobby_moved)
+        lobby.on("call_assigned", self._on_call_assigned)
         await lobby.start()
         self.lobby = lobby
         self.events.emit("lobby", True)
@@ -168,6 +190,9 @@ class AgentController:
             TransferError: Not in a call, no caller, or no transfer service.
             ValidationError: Bad target or mode.
         """
+        call = self.calls.call
+        if self.agent_call is None and call is not None and self.context.transfer is not None:
+            await self._attach_call(call.session)  # the service's key was still on its way
         if self.agent_call is None:
             raise TransferError("transfers need a call and a transfer service")
         caller = self.caller_identity()
@@ -247,18 +272,31 @@ class AgentController:
         if leg != "call" or call is None:
             return
         if self.context.transfer is not None:
-            mic = self.calls.devices.mic
-            agent_call = AgentCall(
-                session=call.session,
-                mic=mic.source if mic else None,
-                service=self.context.transfer,
-            )
-            agent_call.on("transfer_changed", self._on_transfer_changed)
-            agent_call.on("consult_joined", lambda s: self._spawn(self.calls.adopt("consult", s)))
-            agent_call.on("consult_left", lambda _p: self._spawn(self.calls.drop("consult")))
-            self.agent_call = agent_call
+            if self._guard is not None:
+                self._set_agent_call(call.session, self._guard)
+            else:
+                self._spawn(self._attach_call(call.session))
         if self.context.settings.live_transcript and self.live is None:
             self._spawn(self._start_transcript())
+
+    async def _attach_call(self, session: RtcSession) -> None:
+        guard = await self.command_guard()
+        call = self.calls.call
+        if self.agent_call is None and call is not None and call.session is session:
+            self._set_agent_call(session, guard)
+
+    def _set_agent_call(self, session: RtcSession, guard: CommandGuard) -> None:
+        mic = self.calls.devices.mic
+        agent_call = AgentCall(
+            session=session,
+            mic=mic.source if mic else None,
+            service=self._service(),
+            guard=guard,
+        )
+        agent_call.on("transfer_changed", self._on_transfer_changed)
+        agent_call.on("consult_joined", lambda s: self._spawn(self.calls.adopt("consult", s)))
+        agent_call.on("consult_left", lambda _p: self._spawn(self.calls.drop("consult")))
+        self.agent_call = agent_call
 
     def _on_leg_closed(self, leg: str) -> None:
         if leg == "consult":

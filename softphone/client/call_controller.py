@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Literal
 
+from softphone.client.context import AppContext
 from softphone.config import save_settings
 from softphone.domain.events import EventEmitter
 from softphone.domain.identifiers import validate_room_name
@@ -19,8 +20,7 @@ from softphone.errors import MediaError
 from softphone.media.call_leg import CallLeg
 from softphone.media.devices import AudioDevices, DeviceKind
 from softphone.media.session import RtcSession
-from softphone.server.token_minter import SupervisorMode, TokenRole
-from softphone.ui.context import AppContext
+from softphone.protocol import SupervisorMode, TokenRoleName
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class CallController(EventEmitter[ControllerEvent]):
         role: The role this window joins as.
     """
 
-    def __init__(self, *, context: AppContext, role: TokenRole) -> None:
+    def __init__(self, *, context: AppContext, role: TokenRoleName) -> None:
         super().__init__()
         self.context = context
         self.role = role
@@ -91,6 +91,9 @@ class CallController(EventEmitter[ControllerEvent]):
         """
         validate_room_name(room)
         async with self._lock:
+            current = self.legs.get(leg)
+            if current is not None and current.room_name == room and current.session.connected:
+                return current  # asked twice (the Join button and a call.assigned command)
             await self.start()
             old = self.legs.pop(leg, None)
             if old is not None:
@@ -120,6 +123,20 @@ class CallController(EventEmitter[ControllerEvent]):
         if leg == "call":
             await self._record_start(room)
         return call_leg
+
+    async def place_call(self) -> CallLeg:
+        """A caller's call button: the service creates a call to the configured agent; join it.
+
+        Raises:
+            SoftphoneError: The service refused (e.g. this caller already has a call).
+            MediaError: The room could not be joined.
+        """
+        ticket = await self.context.service().create_call(
+            caller=self.identity,
+            agent=self.context.settings.call_agent,
+            requester=self.identity,
+        )
+        return await self.join(ticket.call.room, token=ticket.token.token)
 
     async def adopt(
         self,

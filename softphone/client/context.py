@@ -1,20 +1,17 @@
-"""What a window needs from the app: settings, the server URL, token minting, services.
+"""What a window needs from the app: settings, the server URL, history, the service.
 
 Built by the composition root (``softphone.app``) and handed to every window;
-holds no Qt. In embedded mode it mints tokens itself (it has the LiveKit API
-secret of the local or configured server); with a backend the transfer
-service's client mints them and the workstation holds no secret.
+holds no Qt and no LiveKit secret: tokens come from the transfer service
+(embedded or remote), which mints them only for parties of a room.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from softphone.config import Settings
 from softphone.errors import ConfigError
-from softphone.server.room_admin import RoomAdmin
-from softphone.server.token_minter import SupervisorMode, TokenMinter, TokenRole
+from softphone.protocol import ServiceInfo, SupervisorMode, TokenRoleName, TransferService
 from softphone.store.history import HistoryStore
 
 
@@ -26,39 +23,49 @@ class AppContext:
         settings: The profile's settings.
         url: The LiveKit URL clients connect to.
         history: The profile's call history.
-        minter: Mints tokens (embedded mode only).
-        admin: Server API access (embedded mode only): rooms and participants.
         transfer: The ``TransferService`` (embedded or remote), once available.
     """
 
     settings: Settings
     url: str
     history: HistoryStore
-    minter: TokenMinter | None = None
-    admin: RoomAdmin | None = None
-    transfer: Any | None = None
+    transfer: TransferService | None = None
+    _info: ServiceInfo | None = None
+
+    def service(self) -> TransferService:
+        """The transfer service.
+
+        Raises:
+            ConfigError: There is none (no backend and no LiveKit key here).
+        """
+        if self.transfer is None:
+            raise ConfigError(
+                "no call service: run embedded (with a LiveKit key and secret) or give --backend"
+            )
+        return self.transfer
+
+    async def service_info(self) -> ServiceInfo:
+        """The service's LiveKit URL and command key (asked once)."""
+        if self._info is None:
+            self._info = await self.service().service_info()
+        return self._info
 
     async def token(
         self,
         *,
-        role: TokenRole,
+        role: TokenRoleName,
         identity: str,
         room: str,
         supervisor_mode: SupervisorMode = "listen",
     ) -> str:
-        """A token for ``identity`` in ``room`` with the grants of ``role``.
+        """A token for ``identity`` in ``room``, from the service, if it is a party there.
 
         Raises:
             ValidationError: Bad identity or room name.
-            ConfigError: Nothing here can mint tokens for this role.
+            NotFoundError: Not a party of that room (or no such room).
+            ConfigError: No service to ask.
         """
-        if self.minter is not None:
-            return self.minter.mint(
-                role=role, identity=identity, room=room, supervisor_mode=supervisor_mode
-            ).token
-        if self.transfer is not None and role in ("caller", "agent"):
-            grant = await self.transfer.mint_token(identity=identity, room=room, role=role)
-            return str(grant.token)
-        raise ConfigError(
-            f"cannot get a {role} token: run embedded, or give the backend a key for this role"
+        grant = await self.service().mint_token(
+            identity=identity, room=room, role=role, supervisor_mode=supervisor_mode
         )
+        return grant.token

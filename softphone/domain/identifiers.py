@@ -22,7 +22,7 @@ def _check(value: object, field: str, pattern: re.Pattern[str], allowed: str) ->
         raise ValidationError(field, "must not be empty")
     if len(value) > MAX_NAME_LENGTH:
         raise ValidationError(field, f"must be at most {MAX_NAME_LENGTH} characters")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise ValidationError(
             field, f"may contain only {allowed}, and must start with one of the first two"
         )

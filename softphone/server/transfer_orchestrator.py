@@ -48,6 +48,8 @@ from softphone.errors import (
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
 from softphone.protocol import (
+    COMMAND_TO_ROOM,
+    RPC_CALL_ASSIGNED,
     RPC_JOIN,
     RPC_MOVE,
     RPC_OFFER,
@@ -56,7 +58,11 @@ from softphone.protocol import (
     STATUS_TOPIC,
     SUMMARY_TOPIC,
     AgentEntry,
+    CallInfo,
+    CallTicket,
     RoomEntry,
+    ServiceInfo,
+    SupervisorMode,
     TokenGrant,
     TokenRoleName,
     TransferRequest,
@@ -64,6 +70,8 @@ from softphone.protocol import (
     TransferTicket,
 )
 from softphone.server.agent_directory import AgentDirectory
+from softphone.server.call_registry import CallRegistry, unguessable_room
+from softphone.server.command_signer import CommandSigner
 from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter, TokenRole
 from softphone.speech.summarizer import Summarizer, summarize_with_fallback
@@ -82,11 +90,16 @@ MOVE_POLL_S = 0.1
 MOVE_POLL_MAX_S = 1.0
 # How long B's app may take to acknowledge an offer (it rings, then answers).
 OFFER_DELIVERY_TIMEOUT_S = 10.0
-# LiveKit caps an RPC payload at 15 KiB; the offer keeps a margin under it.
+# LiveKit caps an RPC payload at 15 KiB; the signed offer keeps a margin under
+# it. Its body (summary, transcript) is packed into OFFER_BODY_BYTES: signing
+# wraps it as JSON text in JSON, which escapes every quote once more.
 OFFER_PAYLOAD_BYTES = 14 * 1024
+OFFER_BODY_BYTES = 9 * 1024
 # When a closed room is checked again for late joiners who re-created it.
 SWEEP_DELAYS_S = (1.0, 2.0, 4.0)
 MOVE_LEAVE_GRACE_S = 2.0
+# How long a new call's assignment is offered to an agent not (yet) in the lobby.
+ANNOUNCE_TIMEOUT_S = 15.0
 # Pause between attempts of an RPC that was not delivered or not acknowledged.
 RPC_RETRY_S = 0.25
 # How long the caller's app may take to get on standby in the transfer room.
@@ -132,6 +145,8 @@ class TransferOrchestrator(TransferService):
         poll_interval_s: How often rooms are checked for people leaving.
         hold_audio: Play a hold tone to the caller in R1.
         history: Where the chain of custody is written (optional).
+        registry: The call registry (default: a new one in memory).
+        signer: Signs every command sent to the apps (default: a new key).
         clock: Wall clock for timestamps.
     """
 
@@ -150,9 +165,13 @@ class TransferOrchestrator(TransferService):
         poll_interval_s: float = 0.25,
         hold_audio: bool = True,
         history: HistoryStore | None = None,
+        registry: CallRegistry | None = None,
+        signer: CommandSigner | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
+        self.signer = signer or CommandSigner()
+        self.registry = registry or CallRegistry(clock=clock)
         self._url = url
         self._rooms = rooms
         self._minter = minter
@@ -168,7 +187,6 @@ class TransferOrchestrator(TransferService):
         self._clock = clock
         self._runs: dict[str, _Run] = {}
         self._active_rooms: dict[str, str] = {}
-        self._call_ids: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -186,9 +204,21 @@ class TransferOrchestrator(TransferService):
             log.error("transfer task failed", exc_info=task.exception())
 
     def _grant(
-        self, role: TokenRole, identity: str, room: str, *, standby: bool = False
+        self,
+        role: TokenRole,
+        identity: str,
+        room: str,
+        *,
+        standby: bool = False,
+        supervisor_mode: SupervisorMode = "listen",
     ) -> TokenGrant:
-        issued = self._minter.mint(role=role, identity=identity, room=room, standby=standby)
+        issued = self._minter.mint(
+            role=role,
+            identity=identity,
+            room=room,
+            standby=standby,
+            supervisor_mode=supervisor_mode,
+        )
         return TokenGrant(
             token=issued.token,
             identity=identity,
@@ -196,6 +226,10 @@ class TransferOrchestrator(TransferService):
             url=self._url,
             expires_at=issued.expires_at,
         )
+
+    def _command(self, method: str, *, to: str, room: str, body: dict[str, Any]) -> str:
+        """The signed payload of a command to ``to`` (an identity, or "*") in ``room``."""
+        return self.signer.sign(method, to=to, room=room, body=body)
 
     def _run(self, transfer_id: str) -> _Run:
         if not isinstance(transfer_id, str) or not transfer_id:
@@ -278,7 +312,9 @@ class TransferOrchestrator(TransferService):
         with contextlib.suppress(SoftphoneError):
             await self._rooms.send_data(
                 snap.call_room,
-                json.dumps(snap.to_dict()),
+                self._command(
+                    STATUS_TOPIC, to=snap.from_agent, room=snap.call_room, body=snap.to_dict()
+                ),
                 topic=STATUS_TOPIC,
                 destination_identities=[snap.from_agent],
             )
@@ -293,10 +329,29 @@ class TransferOrchestrator(TransferService):
     # ---- start ---------------------------------------------------------------
 
     async def start_transfer(self, request: TransferRequest) -> TransferTicket:
-        """See :meth:`TransferService.start_transfer`."""
+        """See :meth:`TransferService.start_transfer`.
+
+        Everything is checked before the first side effect: the call is a
+        registered one, the request names its caller and its assigned agent,
+        both are in the call room and B is available. Should any later step
+        fail, all of it is undone (hold stops, R2 closed, offer withdrawn) and
+        the transfer returns with a typed reason; the ticket carries its id.
+
+        Raises:
+            NotFoundError: No such call for this agent (the same answer
+                whether the room exists or not), or a party is missing.
+            ValidationError: The caller is not this call's caller.
+            TransferError: A transfer of the call is already running, or B is
+                not available.
+        """
         if self._closed:
             raise TransferError("the transfer service is closed")
         req = request.validate()
+        call = await self.registry.by_room(req.call_room)
+        if call is None or call.room != req.call_room or call.agent != req.from_agent:
+            raise NotFoundError("call not found", details={"field": "call_room"})
+        if req.caller != call.caller:
+            raise ValidationError("caller", "is not the caller of this call")
         if req.call_room in self._active_rooms:
             raise TransferError(
                 "a transfer of this call is already running",
@@ -309,26 +364,42 @@ class TransferOrchestrator(TransferService):
         except BaseException:
             self._active_rooms.pop(req.call_room, None)
             raise
-        new_room = f"xfer-{transfer_id}"
         transfer = Transfer(
             transfer_id=transfer_id,
             mode=req.mode,
             call_room=req.call_room,
-            new_room=new_room,
+            new_room=unguessable_room("xfer"),
             caller=req.caller,
             from_agent=req.from_agent,
             to_agent=req.to_agent,
             at=self._clock(),
         )
-        loop = asyncio.get_running_loop()
         run = _Run(
             transfer=transfer,
-            call_id=await self._call_id(req),
-            decision=loop.create_future(),
+            call_id=call.call_id,
+            decision=asyncio.get_running_loop().create_future(),
             changed=asyncio.Condition(),
         )
         self._runs[transfer_id] = run
+        try:
+            return await self._start(run, req)
+        except Exception as exc:
+            # Whatever failed after the first side effect: undo all of it.
+            log.exception("transfer could not start", extra={"transfer_id": transfer_id})
+            async with run.lock:
+                reason = "could not start the transfer"
+                if isinstance(exc, SoftphoneError):
+                    reason = f"could not start the transfer: {exc.message}"
+                await self._give_back(run, EndReason("network", reason))
+            return TransferTicket(transfer=transfer.snapshot(), consult_token=None)
+
+    async def _start(self, run: _Run, req: TransferRequest) -> TransferTicket:
+        transfer = run.transfer
+        new_room = transfer.new_room
         await self._changed(run)
+        await self.registry.open_consult(
+            run.call_id, new_room, from_agent=req.from_agent, to_agent=req.to_agent
+        )
         try:
             await self._rooms.create_room(new_room, empty_timeout_s=120, departure_timeout_s=5)
         except SoftphoneError:
@@ -346,7 +417,7 @@ class TransferOrchestrator(TransferService):
                 self.directory.lobby_room,
                 req.to_agent,
                 RPC_OFFER,
-                json.dumps(self._offer(transfer, req.transcript)),
+                self._signed_offer(transfer, req.transcript),
                 within_s=min(self._offer_timeout_s, OFFER_DELIVERY_TIMEOUT_S),
             )
         except SoftphoneError as exc:
@@ -404,7 +475,7 @@ class TransferOrchestrator(TransferService):
                 t.call_room,
                 t.caller,
                 RPC_STANDBY,
-                json.dumps(grant.to_dict()),
+                self._command(RPC_STANDBY, to=t.caller, room=t.call_room, body=grant.to_dict()),
                 within_s=STANDBY_DELIVERY_TIMEOUT_S,
             )
             run.on_standby = True
@@ -441,17 +512,12 @@ class TransferOrchestrator(TransferService):
                 f"the agent is {agent.presence}", details={"identity": req.to_agent}
             )
 
-    async def _call_id(self, req: TransferRequest) -> str:
-        if self._history is None:
-            return req.call_id
-        if req.call_id:
-            return req.call_id
-        if req.call_room not in self._call_ids:
-            self._call_ids[req.call_room] = await self._history.start_call(req.call_room)
-        return self._call_ids[req.call_room]
-
     @staticmethod
-    def _offer(t: Transfer, transcript: Sequence[TranscriptSegment] = ()) -> dict[str, Any]:
+    def _offer(
+        t: Transfer,
+        transcript: Sequence[TranscriptSegment] = (),
+        body_bytes: int = OFFER_BODY_BYTES,
+    ) -> dict[str, Any]:
         offer: dict[str, Any] = {
             "transfer_id": t.transfer_id,
             "from_agent": t.from_agent,
@@ -460,9 +526,25 @@ class TransferOrchestrator(TransferService):
             "new_room": t.new_room,
             "summary": t.summary.to_dict() if t.summary else None,
         }
-        budget = OFFER_PAYLOAD_BYTES - len(json.dumps(offer).encode())
+        budget = body_bytes - len(json.dumps(offer).encode())
         offer.update(pack_transcript(transcript, budget))
         return offer
+
+    def _signed_offer(self, t: Transfer, transcript: Sequence[TranscriptSegment] = ()) -> str:
+        """The signed offer to B, under LiveKit's RPC cap whatever the text holds.
+
+        Quotes in the transcript grow most when signed (escaped twice), so
+        should the packed body still come out too large, less of the
+        transcript is sent.
+        """
+        room = self.directory.lobby_room
+        body_bytes = OFFER_BODY_BYTES
+        while True:
+            body = self._offer(t, transcript, body_bytes)
+            payload = self._command(RPC_OFFER, to=t.to_agent, room=room, body=body)
+            if len(payload.encode()) <= OFFER_PAYLOAD_BYTES or not body["transcript"]:
+                return payload
+            body_bytes //= 2
 
     async def _prepare_summary(self, run: _Run, req: TransferRequest) -> None:
         t = run.transfer
@@ -478,7 +560,13 @@ class TransferOrchestrator(TransferService):
         meta = json.dumps({"transfer_id": t.transfer_id, "summary": card.to_dict()})
         try:
             await self._rooms.update_room_metadata(t.new_room, meta)
-            await self._rooms.send_data(t.new_room, meta, topic=SUMMARY_TOPIC)
+            summary = self._command(
+                SUMMARY_TOPIC,
+                to=COMMAND_TO_ROOM,
+                room=t.new_room,
+                body={"transfer_id": t.transfer_id, "summary": card.to_dict()},
+            )
+            await self._rooms.send_data(t.new_room, summary, topic=SUMMARY_TOPIC)
         except SoftphoneError:
             log.warning("could not publish the summary to the transfer room")
         if self._history is not None and run.call_id:
@@ -620,7 +708,9 @@ class TransferOrchestrator(TransferService):
             except SoftphoneError as exc:
                 log.warning("standby caller not promoted", extra={"error": exc.message})
         try:
-            outcome = await self._move_caller(t, json.dumps(grant.to_dict()))
+            outcome = await self._move_caller(
+                t, self._command(RPC_MOVE, to=t.caller, room=t.call_room, body=grant.to_dict())
+            )
         except SoftphoneError as exc:
             log.info("caller cannot move; bringing the agent", extra={"error": exc.message})
             outcome = "stuck"
@@ -706,17 +796,7 @@ class TransferOrchestrator(TransferService):
     async def _bring_agent(self, run: _Run) -> None:
         t = run.transfer
         t.set_strategy("bring_agent")
-        grant = self._grant("agent", t.to_agent, t.call_room)
-        try:
-            await self._rooms.perform_rpc(
-                t.new_room,
-                t.to_agent,
-                RPC_JOIN,
-                json.dumps(grant.to_dict()),
-                response_timeout_s=self._move_timeout_s,
-            )
-        except SoftphoneError as exc:
-            log.warning("agent could not be brought in", extra={"error": exc.message})
+        if not await self._agent_arrives(t):
             await self._give_back(run, EndReason("network", "neither side could be moved"))
             return
         await self._stop_hold(run)
@@ -724,7 +804,63 @@ class TransferOrchestrator(TransferService):
             await self._rooms.remove_participant(t.call_room, t.from_agent)
         await self._close_room(t.new_room)
         await self._step(run, "completed", "bring_agent")
-        self._release(run)
+        await self._release(run)
+
+    async def _agent_arrives(self, t: Transfer) -> bool:
+        """Tell B to come to R1, and judge by B talking there, as a move is judged.
+
+        The answer to the instruction says little: B's app may answer from
+        a transfer-room connection it is closing (the answer never arrives)
+        or under load after the timeout. So the instruction is sent again
+        while it did not get through, and B counts as arrived once its mic
+        is heard in R1, checked with backoff for up to the move timeout.
+        Only an error answer from B's app (it could not join) with B not in
+        R1 ends it early.
+        """
+        payload = self._command(
+            RPC_JOIN,
+            to=t.to_agent,
+            room=t.new_room,
+            body=self._grant("agent", t.to_agent, t.call_room).to_dict(),
+        )
+        deadline = time.monotonic() + self._move_timeout_s
+        pause = MOVE_POLL_S
+        refused = False
+        rpc: asyncio.Task[str] | None = None
+        try:
+            while True:
+                if rpc is not None and rpc.done():
+                    exc = rpc.exception()
+                    if isinstance(exc, SoftphoneError) and not (
+                        exc.retryable or isinstance(exc, NotFoundError)
+                    ):
+                        log.info("agent could not come", extra={"error": exc.message})
+                        refused = True
+                    elif exc is None:
+                        refused = False
+                    else:
+                        rpc = None  # did not get through: send it again
+                if rpc is None:
+                    rpc = asyncio.ensure_future(
+                        self._rooms.perform_rpc(
+                            t.new_room,
+                            t.to_agent,
+                            RPC_JOIN,
+                            payload,
+                            response_timeout_s=max(deadline - time.monotonic(), 1.0),
+                        )
+                    )
+                if t.to_agent in await self._publishing(t.call_room):
+                    return True
+                if refused or time.monotonic() > deadline:
+                    log.warning("agent could not be brought in")
+                    return False
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, MOVE_POLL_MAX_S)
+        finally:
+            if rpc is not None and not rpc.done():
+                rpc.cancel()
+                await asyncio.gather(rpc, return_exceptions=True)
 
     async def _finish(self, run: _Run) -> None:
         t = run.transfer
@@ -733,7 +869,7 @@ class TransferOrchestrator(TransferService):
         await self._stop_hold(run)
         await self._close_room(t.call_room)
         await self._step(run, "completed", t.strategy or "")
-        self._release(run)
+        await self._release(run)
 
     async def cancel(self, transfer_id: str, *, agent: str) -> TransferSnapshot:
         """See :meth:`TransferService.cancel`."""
@@ -757,7 +893,12 @@ class TransferOrchestrator(TransferService):
                 self.directory.lobby_room,
                 t.to_agent,
                 RPC_WITHDRAW,
-                json.dumps({"transfer_id": t.transfer_id, "reason": reason}),
+                self._command(
+                    RPC_WITHDRAW,
+                    to=t.to_agent,
+                    room=self.directory.lobby_room,
+                    body={"transfer_id": t.transfer_id, "reason": reason},
+                ),
                 response_timeout_s=3.0,
             )
 
@@ -774,7 +915,7 @@ class TransferOrchestrator(TransferService):
             await self._withdraw(run, reason.code)
         await self._stop_hold(run)
         await self._close_room(t.new_room)
-        self._release(run)
+        await self._release(run)
 
     async def _end(self, run: _Run, reason: EndReason) -> None:
         t = run.transfer
@@ -789,15 +930,24 @@ class TransferOrchestrator(TransferService):
             await self._withdraw(run, reason.code)
         await self._stop_hold(run)
         await asyncio.gather(self._close_room(t.new_room), self._close_room(t.call_room))
-        self._release(run)
+        await self._release(run)
         if self._history is not None and run.call_id:
             with contextlib.suppress(SoftphoneError):
                 await self._history.end_call(run.call_id)
 
-    def _release(self, run: _Run) -> None:
+    async def _release(self, run: _Run) -> None:
+        """The transfer is over: free its call for the next one and settle the registry."""
         t = run.transfer
         if self._active_rooms.get(t.call_room) == t.transfer_id:
             del self._active_rooms[t.call_room]
+        if t.phase == "completed":
+            room = t.call_room if t.strategy == "bring_agent" else t.new_room
+            await self.registry.close_consult(run.call_id, t.new_room)
+            await self.registry.hand_over(run.call_id, room=room, agent=t.to_agent)
+        elif t.phase == "ended":
+            await self.registry.end(run.call_id)
+        else:
+            await self.registry.close_consult(run.call_id, t.new_room)
 
     async def _watch(self, run: _Run) -> None:
         """Notice the caller hanging up and B leaving the consult."""
@@ -861,19 +1011,105 @@ class TransferOrchestrator(TransferService):
         """See :meth:`TransferService.list_rooms`."""
         return [RoomEntry(r.name, r.num_participants) for r in await self._rooms.list_rooms()]
 
-    async def mint_token(self, *, identity: str, room: str, role: TokenRoleName) -> TokenGrant:
+    async def mint_token(
+        self,
+        *,
+        identity: str,
+        room: str,
+        role: TokenRoleName,
+        supervisor_mode: SupervisorMode = "listen",
+    ) -> TokenGrant:
         """See :meth:`TransferService.mint_token`.
 
         Raises:
-            NotFoundError: The room does not exist.
+            NotFoundError: ``identity`` is no ``role`` party of ``room``, or
+                the room does not exist: one answer, so names cannot be probed.
         """
         validate_identity(identity)
         validate_room_name(room)
-        if role not in ("caller", "agent"):
-            raise ValidationError("role", "must be caller or agent")
-        if room != self.directory.lobby_room:
-            await self._rooms.get_room(room)
-        return self._grant(role, identity, room)
+        if role not in ("caller", "agent", "supervisor"):
+            raise ValidationError("role", "must be caller, agent or supervisor")
+        if room == self.directory.lobby_room:
+            allowed = role == "agent"
+        elif role == "supervisor":
+            allowed = await self.registry.is_call_room(room)
+        else:
+            allowed = await self.registry.party_of(identity, room) == role
+        if not allowed:
+            raise NotFoundError("room not found")
+        return self._grant(role, identity, room, supervisor_mode=supervisor_mode)
+
+    async def create_call(self, *, caller: str, agent: str, requester: str) -> CallTicket:
+        """See :meth:`TransferService.create_call`."""
+        if self._closed:
+            raise TransferError("the transfer service is closed")
+        validate_identity(requester, "requester")
+        call = await self.registry.create(caller=caller, agent=agent)
+        if self._history is not None:
+            try:
+                await self._history.start_call(call.room, call_id=call.call_id)
+            except SoftphoneError:
+                log.exception("could not write the call to history")
+        role: TokenRole = "agent" if requester == agent else "caller"
+        token = self._grant(role, agent if role == "agent" else caller, call.room)
+        self._spawn(self._announce(call))
+        log.info("call created", extra={"call_id": call.call_id})
+        return CallTicket(call=call, token=token)
+
+    async def _announce(self, call: CallInfo) -> None:
+        """Tell the assigned agent, in the lobby, that a call waits for it.
+
+        Tried for a while (the agent's app may be coming online); an agent
+        who is not in the lobby still finds the call with ``list_calls``.
+        """
+        try:
+            await self._deliver(
+                self.directory.lobby_room,
+                call.agent,
+                RPC_CALL_ASSIGNED,
+                self._command(
+                    RPC_CALL_ASSIGNED,
+                    to=call.agent,
+                    room=self.directory.lobby_room,
+                    body=call.to_dict(),
+                ),
+                within_s=ANNOUNCE_TIMEOUT_S,
+            )
+        except SoftphoneError as exc:
+            log.info("assigned agent not told in the lobby", extra={"error": exc.message})
+
+    async def list_calls(self, *, identity: str, role: TokenRoleName) -> list[CallInfo]:
+        """See :meth:`TransferService.list_calls`."""
+        validate_identity(identity)
+        if role == "supervisor":
+            return await self.registry.calls()
+        return await self.registry.calls(identity=identity)
+
+    async def end_call(self, call_id: str, *, identity: str) -> CallInfo:
+        """See :meth:`TransferService.end_call`."""
+        validate_identity(identity)
+        call = await self.registry.get(call_id)
+        if identity not in (call.caller, call.agent) or not call.active:
+            raise NotFoundError("call not found")
+        running = self._active_rooms.get(call.room)
+        run = self._runs.get(running) if running is not None else None
+        if run is not None:
+            async with run.lock:
+                await self._end(run, EndReason("caller_left", "the call was ended"))
+        ended = await self.registry.end(call_id)
+        await asyncio.gather(*(self._close_room(r) for r in (call.room, *call.consult_rooms)))
+        if self._history is not None:
+            with contextlib.suppress(SoftphoneError):
+                await self._history.end_call(call_id)
+        return ended
+
+    async def service_info(self) -> ServiceInfo:
+        """See :meth:`TransferService.service_info`."""
+        return ServiceInfo(
+            livekit_url=self._url,
+            command_key=self.signer.public_key_b64(),
+            lobby_room=self.directory.lobby_room,
+        )
 
     async def aclose(self) -> None:
         """Cancel background work and stop hold audio (rooms are left as they are)."""

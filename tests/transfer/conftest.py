@@ -23,6 +23,7 @@ from livekit import rtc
 
 from softphone.client.agent_call import AgentCall
 from softphone.client.caller_mover import CallerMover
+from softphone.client.commands import CommandGuard
 from softphone.client.lobby import AgentLobby, Offer
 from softphone.errors import MediaError
 from softphone.infra.local_server import LocalLiveKitServer
@@ -190,7 +191,11 @@ class Call:
 
 
 def ids(prefix: str) -> tuple[str, str, str, str]:
-    """Unique room, caller, A and B names (the backend knows keys for them)."""
+    """Unique room, caller, A and B names (the backend knows keys for them).
+
+    The room name is for tests that make a room of their own; calls get
+    theirs from the service.
+    """
     n = next(_ids)
     tag = uuid.uuid4().hex[:6]
     return f"call-{prefix}-{n}-{tag}", f"caller-{n}", f"agent-a-{n}", f"agent-b-{n}"
@@ -201,27 +206,31 @@ async def open_call(
     env: TransferEnv, *, caller_moves: bool = True, prefix: str = "t"
 ) -> AsyncIterator[Call]:
     """Caller and A talking in R1, B online in the lobby; everything closed at the end."""
-    room, c_id, a_id, b_id = ids(prefix)
+    _, c_id, a_id, b_id = ids(prefix)
     caller, a, b = new_party(c_id, CALLER_HZ), new_party(a_id, A_HZ), new_party(b_id, B_HZ)
     for p in (caller, a, b):
         p.tone.start()
-    c_session = RtcSession(
-        url=env.url, token=env.minter.mint(role="caller", identity=c_id, room=room).token
-    )
-    a_session = RtcSession(
-        url=env.url, token=env.minter.mint(role="agent", identity=a_id, room=room).token
-    )
+    # The caller's app creates the call (its "call" button); the service
+    # registers it with A and answers the caller's token; A asks for its own.
+    ticket = await env.service_for(c_id).create_call(caller=c_id, agent=a_id, requester=c_id)
+    room = ticket.call.room
+    a_grant = await env.service_for(a_id).mint_token(identity=a_id, room=room, role="agent")
+    c_session = RtcSession(url=env.url, token=ticket.token.token)
+    a_session = RtcSession(url=env.url, token=a_grant.token)
     await c_session.connect()
     await a_session.connect()
     await c_session.publish_audio(caller.source)
     await a_session.publish_audio(a.source)
     # A caller whose client cannot obey a move (e.g. SIP) has no handler for it.
-    mover = CallerMover(session=c_session, mic=caller.source) if caller_moves else None
-    a_call = AgentCall(session=a_session, mic=a.source, service=env.service_for(a_id))
+    guard = CommandGuard(await env.service_for(a_id).service_info())
+    mover = CallerMover(session=c_session, mic=caller.source, guard=guard) if caller_moves else None
+    a_call = AgentCall(session=a_session, mic=a.source, service=env.service_for(a_id), guard=guard)
+    b_grant = await env.service_for(b_id).mint_token(identity=b_id, room=env.lobby, role="agent")
     b_lobby = AgentLobby(
-        lobby_token=env.minter.mint(role="agent", identity=b_id, room=env.lobby).token,
+        lobby_token=b_grant.token,
         url=env.url,
         service=env.service_for(b_id),
+        guard=guard,
         mic=b.source,
     )
     offers: asyncio.Queue[Offer] = asyncio.Queue()

@@ -25,7 +25,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +239,15 @@ async def close_windows(*windows: Any) -> None:
         w.close()
     for w in windows:
         await close_window_resources(w)
+
+
+async def place_call(context: Any, *, caller: str, agent: str, windows: Sequence[Any] = ()) -> str:
+    """Place a call through the service (as the caller's "call" button does).
+
+    Returns the call's room (the registry names it) and types it into each
+    window's room field, ready for its Join button.
+    """
+    ticket = await context.service().create_call(caller=caller, agent=agent, requester=caller)
+    for w in windows:
+        w.call_panel.room_edit.setText(ticket.call.room)
+    return str(ticket.call.room)

@@ -16,7 +16,7 @@ from softphone.server.token_minter import TokenMinter
 from softphone.ui.views.agent_window import AgentWindow
 from softphone.ui.views.caller_window import CallerWindow
 from tests.audio_probe import tone_level
-from tests.ui.conftest import close_windows, probe_listener, wait_until
+from tests.ui.conftest import close_windows, place_call, probe_listener, wait_until
 
 pytestmark = pytest.mark.ui
 
@@ -45,12 +45,16 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
                 ui_settings("a1", role="agent", identity="agent-1", room=room_name),
                 access,
                 stack,
+                transfer=caller_ctx.transfer,
             )
             caller = CallerWindow(context=caller_ctx)
             agent = AgentWindow(context=agent_ctx)
             for w in (caller, agent):
                 qtbot.addWidget(w)
                 w.show()
+            room = await place_call(
+                caller_ctx, caller="caller-1", agent="agent-1", windows=(caller, agent)
+            )
             try:
                 qtbot.mouseClick(caller.call_panel.join_btn, Qt.MouseButton.LeftButton)
                 qtbot.mouseClick(agent.call_panel.join_btn, Qt.MouseButton.LeftButton)
@@ -64,7 +68,7 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
                 )
                 # A probe participant measures what the caller's window sends.
                 listener = await probe_listener(
-                    stack, access, minter, room_name, "probe", hears="caller-1"
+                    stack, access, minter, room, "probe", hears="caller-1"
                 )
                 tone = play_tone(440.0, 8.0)
                 feeding = asyncio.ensure_future(tone.start())
@@ -90,6 +94,7 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
                 await asyncio.sleep(2.0)
                 feeding.cancel()
                 return {
+                    "room": room,
                     "heard": heard,
                     "muted_button": caller.call_panel.mute_btn.isChecked(),
                     "muted_at": muted_at,
@@ -112,7 +117,7 @@ def test_agent_and_caller_windows_talk_and_mute_silences_the_caller(
     assert result["heard"]["caller"] > 0.3, "the caller's speaker got no audio from the agent"
     assert result["muted_button"]
     assert "Connected to" in result["caller_status"]
-    assert any(f"joined {room_name}" in line for line in result["log"])
+    assert any(f"joined {result['room']}" in line for line in result["log"])
     assert any("mic" in line and "muted" in line for line in result["caller_log"])
     muted_at = result["muted_at"]
     before = [tone_level(w, 440.0) for t, w in result["windows"] if t < muted_at]

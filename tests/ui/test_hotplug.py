@@ -45,7 +45,7 @@ from softphone.media.devices import rescan
 from softphone.server.token_minter import TokenMinter
 from softphone.ui.views.agent_window import AgentWindow
 from tests.audio_probe import Capture, tone_level
-from tests.ui.conftest import SINK, close_windows, probe_listener, wait_until
+from tests.ui.conftest import SINK, close_windows, place_call, probe_listener, wait_until
 
 pytestmark = pytest.mark.ui
 
@@ -228,6 +228,8 @@ def test_unplugged_headset_falls_back_to_default_mid_call_and_returns(
             w = AgentWindow(context=ctx)
             qtbot.addWidget(w)
             w.show()
+            # A call for the agent's headset to carry (its caller is the probe's room-mate).
+            room = await place_call(ctx, caller="caller-hs", agent="agent-hs", windows=(w,))
             panel = w.call_panel
             devices = w.controller.devices
             try:
@@ -254,7 +256,7 @@ def test_unplugged_headset_falls_back_to_default_mid_call_and_returns(
                 await wait_until(lambda: panel.in_call, 20, "joined")
                 call = w.controller.call
                 listener = await probe_listener(
-                    stack, access, minter, room_name, "probe-hs", hears="agent-hs"
+                    stack, access, minter, room, "probe-hs", hears="agent-hs"
                 )
                 capture = listener.capture
                 await wait_until(

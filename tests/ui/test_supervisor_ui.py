@@ -14,7 +14,7 @@ from softphone.app import LiveKitAccess, open_context
 from softphone.ui.views.agent_window import AgentWindow
 from softphone.ui.views.caller_window import CallerWindow
 from softphone.ui.views.supervisor_window import SupervisorWindow
-from tests.ui.conftest import close_windows, wait_until
+from tests.ui.conftest import close_windows, place_call, wait_until
 
 pytestmark = pytest.mark.ui
 
@@ -50,9 +50,13 @@ def test_supervisor_listens_silently_and_whispers_to_the_agent_only(
                 ui_settings("sa", role="agent", identity="agent-s", room=room_name),
                 access,
                 stack,
+                transfer=c_ctx.transfer,
             )
             s_ctx = await open_context(
-                ui_settings("ss", role="supervisor", identity="super-s"), access, stack
+                ui_settings("ss", role="supervisor", identity="super-s"),
+                access,
+                stack,
+                transfer=c_ctx.transfer,
             )
             caller = CallerWindow(context=c_ctx)
             agent = AgentWindow(context=a_ctx)
@@ -61,6 +65,9 @@ def test_supervisor_listens_silently_and_whispers_to_the_agent_only(
             for w in windows:
                 qtbot.addWidget(w)
                 w.show()
+            room = await place_call(
+                c_ctx, caller="caller-s", agent="agent-s", windows=(caller, agent)
+            )
             try:
                 qtbot.mouseClick(caller.call_panel.join_btn, Qt.MouseButton.LeftButton)
                 qtbot.mouseClick(agent.call_panel.join_btn, Qt.MouseButton.LeftButton)
@@ -73,7 +80,7 @@ def test_supervisor_listens_silently_and_whispers_to_the_agent_only(
                 def row_of_room() -> int:
                     for i in range(sup.rooms.rowCount()):
                         item = sup.rooms.item(i, 0)
-                        if item is not None and item.text() == room_name:
+                        if item is not None and item.text() == room:
                             return i
                     return -1
 

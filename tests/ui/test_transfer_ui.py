@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 from softphone.app import LiveKitAccess, open_context
 from softphone.ui.views.agent_window import AgentWindow
 from softphone.ui.views.caller_window import CallerWindow
-from tests.ui.conftest import close_windows, wait_until
+from tests.ui.conftest import close_windows, place_call, wait_until
 
 pytestmark = pytest.mark.ui
 
@@ -54,6 +54,7 @@ def test_warm_transfer_by_clicking_through_three_windows(
             for w in windows:
                 qtbot.addWidget(w)
                 w.show()
+            await place_call(c_ctx, caller="caller-t", agent="agent-a", windows=(caller, a))
             try:
                 a.go_online()
                 b.go_online()

@@ -18,12 +18,12 @@ from PySide6.QtWidgets import (
 
 from softphone.client.agent_controller import AgentController
 from softphone.client.call_controller import CallController
+from softphone.client.context import AppContext
 from softphone.client.lobby import Offer, Withdrawn
 from softphone.domain.transfer import TransferSnapshot
 from softphone.errors import SoftphoneError, ValidationError
-from softphone.protocol import PRESENCES
+from softphone.protocol import PRESENCES, CallInfo
 from softphone.ui.async_slot import run_task
-from softphone.ui.context import AppContext
 from softphone.ui.views.call_panel import CallPanel
 from softphone.ui.views.history_view import HistoryView
 from softphone.ui.views.offer_panel import OfferPanel
@@ -42,6 +42,7 @@ AGENT_EVENTS = (
     "transcript_error",
     "presence",
     "lobby",
+    "call_assigned",
 )
 
 
@@ -244,3 +245,5 @@ class AgentWindow(RoleWindow):
             self.event_log.add("presence", str(payload))
         elif name == "lobby":
             self.event_log.add("lobby", "online in the agent directory")
+        elif name == "call_assigned" and isinstance(payload, CallInfo):
+            self.event_log.add("call", f"a call from {payload.caller} was assigned to you")

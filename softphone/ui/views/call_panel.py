@@ -100,7 +100,12 @@ class CallPanel(QWidget):
 
         row = QHBoxLayout()
         self.room_edit = QLineEdit(self.controller.context.settings.room)
-        self.room_edit.setPlaceholderText("room name")
+        settings = self.controller.context.settings
+        self.room_edit.setPlaceholderText(
+            f"empty: call {settings.call_agent}"
+            if self.controller.role == "caller"
+            else "room name"
+        )
         self.room_edit.setAccessibleName("Room")
         self.room_edit.setReadOnly(not room_editable)
         self.room_edit.returnPressed.connect(self._on_join_clicked)
@@ -206,8 +211,10 @@ class CallPanel(QWidget):
 
     # ---- slots ---------------------------------------------------------------------
     def _on_join_clicked(self) -> None:
+        text = self.room_edit.text().strip()
+        placing = not text and self.controller.role == "caller"
         try:
-            room = validate_room_name(self.room_edit.text().strip())
+            room = "a new call" if placing else validate_room_name(text)
         except ValidationError as exc:
             self._report(exc.message)
             return
@@ -216,7 +223,9 @@ class CallPanel(QWidget):
         self.leave_btn.setEnabled(True)
         self.leave_btn.setText("Ca&ncel")
         self._set_status(f"Connecting to {room}…")
-        task = run_task(self.controller.join(room), report=self._report, what="join")
+        # A caller with no room places a call (the service names its room).
+        joining = self.controller.place_call() if placing else self.controller.join(room)
+        task = run_task(joining, report=self._report, what="join")
         self._joining = task
         task.add_done_callback(lambda t: self._on_join_done(t.cancelled() or t.exception()))
 

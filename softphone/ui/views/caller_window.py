@@ -8,10 +8,11 @@ from PySide6.QtWidgets import QLabel
 
 from softphone.client.call_controller import CallController
 from softphone.client.caller_mover import CallerMover
+from softphone.client.commands import CommandGuard
+from softphone.client.context import AppContext
 from softphone.client.legs import Moved
 from softphone.media.session import RtcSession
 from softphone.ui.async_slot import run_task
-from softphone.ui.context import AppContext
 from softphone.ui.views.call_panel import CallPanel
 from softphone.ui.views.role_window import RoleWindow
 
@@ -28,6 +29,7 @@ class CallerWindow(RoleWindow):
         self.controller = CallController(context=context, role="caller")
         self.closables.append(self.controller)
         self.mover: CallerMover | None = None
+        self._guard: CommandGuard | None = None
         self._setup_ui()
 
     def _setup_ui(self) -> None:
@@ -72,10 +74,10 @@ class CallerWindow(RoleWindow):
             call = self.controller.call
             assert call is not None
             if self.mover is None or self.mover.session is not call.session:
-                mic = self.controller.devices.mic
-                self.mover = CallerMover(session=call.session, mic=mic.source if mic else None)
-                self.mover.on("joined", self._on_mover_joined)
-                self.mover.on("moved", self._on_moved)
+                if self._guard is not None:
+                    self._follow(call.session, self._guard)
+                else:
+                    run_task(self._follow_when_known(call.session), report=self.show_error)
             self._update_hold()
         elif source == "controller" and name == "leg_closed" and payload == "call":
             self.set_on_hold(False)
@@ -84,6 +86,26 @@ class CallerWindow(RoleWindow):
         elif source == "mover" and name == "moved" and isinstance(payload, Moved):
             self.event_log.add("call", f"moved to {payload.room} (transfer)")
             self.show_info("You are now talking with the next agent.")
+
+    async def _follow_when_known(self, session: RtcSession) -> None:
+        # The service's key, asked for once: only what it signed moves the caller.
+        transfer = self.context.transfer
+        if transfer is None:
+            return  # no service, so no transfers
+        if self._guard is None:
+            self._guard = CommandGuard(await transfer.service_info())
+        call = self.controller.call
+        if call is not None and call.session is session:
+            self._follow(session, self._guard)
+
+    def _follow(self, session: RtcSession, guard: CommandGuard) -> None:
+        # Obey the service's standby and move instructions on this session.
+        if self.mover is not None and self.mover.session is session:
+            return
+        mic = self.controller.devices.mic
+        self.mover = CallerMover(session=session, mic=mic.source if mic else None, guard=guard)
+        self.mover.on("joined", self._on_mover_joined)
+        self.mover.on("moved", self._on_moved)
 
     def _on_mover_joined(self, session: RtcSession) -> None:
         # Make-before-break: the mover joined the new room and publishes there;

@@ -6,8 +6,8 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import QDockWidget, QMainWindow, QVBoxLayout, QWidget
 
+from softphone.client.context import AppContext
 from softphone.ui.bridge import EventBridge
-from softphone.ui.context import AppContext
 from softphone.ui.widgets.event_log import EventLog
 from softphone.ui.widgets.message_bar import MessageBar
 

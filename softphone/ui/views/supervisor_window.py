@@ -19,11 +19,11 @@ from PySide6.QtWidgets import (
 )
 
 from softphone.client.call_controller import CallController
+from softphone.client.context import AppContext
 from softphone.domain.events import EventEmitter
-from softphone.errors import ConfigError, MediaError, SoftphoneError
+from softphone.errors import MediaError, SoftphoneError
 from softphone.media.call_leg import CallLeg
 from softphone.ui.async_slot import run_task
-from softphone.ui.context import AppContext
 from softphone.ui.views.role_window import RoleWindow
 from softphone.ui.widgets.level_meter import LevelMeter
 from softphone.ui.widgets.transcript_view import TranscriptView
@@ -84,20 +84,15 @@ class SupervisorController:
             await live.aclose()
 
     async def rooms(self) -> list[tuple[str, list[str], float]]:
-        """Active rooms with their visible participants and age in seconds."""
-        admin = self.context.admin
-        if admin is None:
-            if self.context.transfer is None:
-                raise ConfigError("listing rooms needs the embedded server API or a backend")
-            entries = await self.context.transfer.list_rooms()
-            return [(e.name, [f"{e.num_participants} participants"], 0.0) for e in entries]
-        out = []
-        for r in await admin.list_rooms():
-            if r.name == self.context.settings.lobby_room:
-                continue
-            people = [p.identity for p in await admin.list_participants(r.name) if not p.hidden]
-            out.append((r.name, people, max(0.0, time.time() - r.created_at)))
-        return sorted(out)
+        """Active calls (their rooms) with their parties and age in seconds.
+
+        The service's registry answers: a supervisor sees every active call.
+        """
+        calls = await self.context.service().list_calls(
+            identity=self.calls.identity, role="supervisor"
+        )
+        now = time.time()
+        return sorted((c.room, [c.caller, c.agent], max(0.0, now - c.created_at)) for c in calls)
 
     async def monitor(self, room: str, mode: Mode) -> None:
         """Join ``room`` as listener (hidden, publishes nothing), whisperer or barger.

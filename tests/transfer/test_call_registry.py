@@ -1,0 +1,166 @@
+"""The call registry: only parties get tokens, only the assigned agent transfers a call.
+
+Each scenario runs against the embedded service and the real backend under
+uvicorn (hostile keys are real HTTP clients with their own keys). Findings this
+guards against (measured on the old code): a caller key got a token for another
+caller's call and heard it; an agent minted itself into a call and started a
+transfer of it; a room that does not exist answered differently from one that
+does, so names could be probed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from softphone.errors import BackendError, NotFoundError, SoftphoneError, TransferError
+from softphone.protocol import TransferRequest
+from softphone.server.call_registry import CallRegistry
+from tests.transfer.conftest import TransferEnv, open_call
+
+pytestmark = pytest.mark.integration
+
+ROOM_RE = re.compile(r"(call|xfer)-[0-9a-f]{32}")
+
+
+def _status(exc: SoftphoneError) -> int:
+    """The HTTP status the error stands for, embedded or remote."""
+    if isinstance(exc, BackendError):
+        return exc.status
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, TransferError):
+        return 409
+    return 400
+
+
+async def _refused(coro: object) -> tuple[int, str]:
+    """Await ``coro``; it must fail: (status, message)."""
+    try:
+        await coro  # type: ignore[misc]
+    except SoftphoneError as exc:
+        return _status(exc), exc.message
+    raise AssertionError("the service gave what it should have refused")
+
+
+async def test_only_parties_get_tokens_and_unknown_rooms_answer_the_same(
+    transfer_env: TransferEnv,
+) -> None:
+    async with open_call(transfer_env, prefix="reg") as call:
+        room = call.room
+        assert ROOM_RE.fullmatch(room), f"guessable room name {room!r}"
+        # Another caller (its own key) asks for this call's room; then for a
+        # room that does not exist: the same 404, word for word.
+        other = transfer_env.service_for("caller-399")
+        status, message = await _refused(
+            other.mint_token(identity="caller-399", room=room, role="caller")
+        )
+        missing = await _refused(
+            other.mint_token(identity="caller-399", room="call-" + "0" * 32, role="caller")
+        )
+        assert status == 404 and (status, message) == missing
+        # B is an agent, but not assigned to this call.
+        b_service = transfer_env.service_for(call.b.identity)
+        assert (
+            await _refused(b_service.mint_token(identity=call.b.identity, room=room, role="agent"))
+        )[0] == 404
+        # A caller may not enter the lobby (where offers and presence live).
+        assert (
+            await _refused(
+                call.env.service_for(call.caller.identity).mint_token(
+                    identity=call.caller.identity, room=transfer_env.lobby, role="caller"
+                )
+            )
+        )[0] == 404
+        # The parties themselves get theirs.
+        grant = await call.a_service.mint_token(identity=call.a.identity, room=room, role="agent")
+        assert grant.room == room and grant.identity == call.a.identity
+
+
+async def test_an_agent_not_assigned_cannot_transfer_the_call(transfer_env: TransferEnv) -> None:
+    async with open_call(transfer_env, prefix="reg") as call:
+        b_service = transfer_env.service_for(call.b.identity)
+        status, _ = await _refused(
+            b_service.start_transfer(
+                TransferRequest(
+                    caller=call.caller.identity,
+                    from_agent=call.b.identity,
+                    to_agent=call.a.identity,
+                    call_room=call.room,
+                )
+            )
+        )
+        assert status == 404
+        # The real agent, naming a caller who is not this call's caller: refused too.
+        status, _ = await _refused(
+            call.a_service.start_transfer(
+                TransferRequest(
+                    caller="caller-398",
+                    from_agent=call.a.identity,
+                    to_agent=call.b.identity,
+                    call_room=call.room,
+                )
+            )
+        )
+        assert status in (400, 404)
+        # Nothing was started: the real transfer still can be.
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        assert ticket.transfer.phase == "offering"
+        assert ROOM_RE.fullmatch(ticket.new_room)
+        await call.a_service.cancel(ticket.transfer_id, agent=call.a.identity)
+
+
+async def test_calls_are_listed_to_their_parties_only_and_a_caller_has_one_at_a_time(
+    transfer_env: TransferEnv,
+) -> None:
+    async with open_call(transfer_env, prefix="reg") as call:
+        mine = await call.a_service.list_calls(identity=call.a.identity, role="agent")
+        assert [c.room for c in mine] == [call.room]
+        theirs = await transfer_env.service_for(call.b.identity).list_calls(
+            identity=call.b.identity, role="agent"
+        )
+        assert call.room not in [c.room for c in theirs]
+        c_service = transfer_env.service_for(call.caller.identity)
+        status, _ = await _refused(
+            c_service.create_call(
+                caller=call.caller.identity, agent=call.b.identity, requester=call.caller.identity
+            )
+        )
+        assert status == 409
+        # A stranger cannot end it; the caller can, and then nobody gets a token.
+        status, _ = await _refused(
+            transfer_env.service_for(call.b.identity).end_call(
+                mine[0].call_id, identity=call.b.identity
+            )
+        )
+        assert status == 404
+        ended = await c_service.end_call(mine[0].call_id, identity=call.caller.identity)
+        assert not ended.active
+        status, _ = await _refused(
+            call.a_service.mint_token(identity=call.a.identity, room=call.room, role="agent")
+        )
+        assert status == 404
+
+
+@pytest.mark.unit
+async def test_registry_follows_a_call_through_a_transfer() -> None:
+    reg = CallRegistry(clock=lambda: 100.0)
+    call = await reg.create(caller="caller-u", agent="agent-a")
+    assert await reg.party_of("caller-u", call.room) == "caller"
+    assert await reg.party_of("agent-a", call.room) == "agent"
+    assert await reg.party_of("agent-b", call.room) is None
+    xfer = "xfer-" + "1" * 32
+    await reg.open_consult(call.call_id, xfer, from_agent="agent-a", to_agent="agent-b")
+    # A and B consult there; the caller cannot ask for it (it gets a grant when moved).
+    assert await reg.party_of("agent-b", xfer) == "agent"
+    assert await reg.party_of("agent-a", xfer) == "agent"
+    assert await reg.party_of("caller-u", xfer) is None
+    moved = await reg.hand_over(call.call_id, room=xfer, agent="agent-b")
+    assert (moved.room, moved.agent, moved.consult_rooms) == (xfer, "agent-b", ())
+    assert await reg.party_of("caller-u", xfer) == "caller"
+    assert await reg.party_of("agent-a", xfer) is None
+    assert await reg.party_of("agent-a", call.room) is None
+    await reg.end(call.call_id)
+    assert await reg.party_of("caller-u", xfer) is None
+    assert await reg.calls() == []
