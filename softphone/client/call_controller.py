@@ -92,7 +92,12 @@ class CallController(EventEmitter[ControllerEvent]):
         validate_room_name(room)
         async with self._lock:
             current = self.legs.get(leg)
-            if current is not None and current.room_name == room and current.session.connected:
+            if (
+                leg == "call"
+                and current is not None
+                and current.room_name == room
+                and current.session.connected
+            ):
                 return current  # asked twice (the Join button and a call.assigned command)
             await self.start()
             old = self.legs.pop(leg, None)

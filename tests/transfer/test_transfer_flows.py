@@ -9,9 +9,13 @@ import asyncio
 import json
 
 import pytest
+from livekit import rtc
 
+from softphone.client.commands import CommandGuard
 from softphone.domain.transcript import TranscriptSegment
 from softphone.domain.transfer import Mode
+from softphone.media.session import RtcSession
+from softphone.protocol import RPC_JOIN
 from softphone.server.room_admin import RoomAdmin
 from tests.transfer.conftest import (
     A_HZ,
@@ -184,3 +188,42 @@ async def test_caller_that_cannot_move_gets_b_brought_in(
         people = {p.identity for p in await room_admin.list_participants(call.room)}
         assert people == {call.caller.identity, call.b.identity}
         await eventually(lambda: _gone(room_admin, ticket.new_room))
+
+
+async def test_b_brought_in_counts_once_heard_even_when_its_answer_is_lost(
+    transfer_env: TransferEnv, room_admin: RoomAdmin
+) -> None:
+    """B's app answers ``transfer.join`` only after leaving R2: the answer is lost.
+
+    Before, the service then declared the transfer returned (network) although
+    B was in R1 with the caller, and A came back into a three-way call. Arrival
+    is judged as the move's is: B heard in R1.
+    """
+    async with open_call(transfer_env, caller_moves=False, prefix="lostans") as call:
+        b = call.b.identity
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=b)
+        offer = await call.next_offer()
+        b_service = transfer_env.service_for(b)
+        grant = await b_service.accept(offer.transfer_id, agent=b)
+        # A B app of its own: in R2 with its mic, obeying the join its own way.
+        r2 = await RtcSession(url=grant.url, token=grant.token).connect()
+        call.extra.append(r2)
+        await r2.publish_audio(call.b.source)
+        guard = CommandGuard(await b_service.service_info())
+
+        async def join_then_leave_r2(inv: rtc.RpcInvocationData) -> str:
+            to = guard.grant(guard.rpc(r2, inv, RPC_JOIN))
+            r1 = await RtcSession(url=to.url, token=to.token).connect()
+            call.extra.append(r1)
+            await r1.publish_audio(call.b.source)
+            await r2.aclose()  # the answer below has no connection left to go out on
+            return "joined"
+
+        r2.register_rpc(RPC_JOIN, join_then_leave_r2)
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        snap = await call.a_service.complete(ticket.transfer_id, agent=call.a.identity)
+        assert (snap.phase, snap.strategy) == ("completed", "bring_agent"), snap.reason
+        assert await hears(call.caller_session, b, B_HZ) > HEARD
+        await eventually(lambda: _absent(room_admin, call.room, call.a.identity))
+        people = {p.identity for p in await room_admin.list_participants(call.room)}
+        assert people == {call.caller.identity, b}
