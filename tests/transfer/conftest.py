@@ -14,7 +14,7 @@ import dataclasses
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,14 @@ from softphone.client.agent_call import AgentCall
 from softphone.client.caller_mover import CallerMover
 from softphone.client.commands import CommandGuard
 from softphone.client.lobby import AgentLobby, Offer
-from softphone.errors import MediaError
+from softphone.errors import (
+    BackendError,
+    MediaError,
+    NotFoundError,
+    SoftphoneError,
+    TransferError,
+    ValidationError,
+)
 from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
@@ -307,3 +314,19 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.1)
+
+
+_KIND = {400: ValidationError, 404: NotFoundError, 409: TransferError}
+
+
+async def refused(env: TransferEnv, aw: Awaitable[Any], status: int) -> SoftphoneError:
+    """``aw`` fails with ``status`` (backend) or the matching error class (embedded)."""
+    with pytest.raises(SoftphoneError) as info:
+        await aw
+    err = info.value
+    if env.kind == "backend":
+        assert isinstance(err, BackendError) and err.status == status, err
+    else:
+        assert isinstance(err, _KIND[status]), err
+    assert err.message
+    return err

@@ -14,96 +14,57 @@ import re
 
 import pytest
 
-from softphone.errors import BackendError, NotFoundError, SoftphoneError, TransferError
 from softphone.protocol import TransferRequest
 from softphone.server.call_registry import CallRegistry
-from tests.transfer.conftest import TransferEnv, open_call
+from tests.transfer.conftest import TransferEnv, open_call, refused
 
 pytestmark = pytest.mark.integration
 
 ROOM_RE = re.compile(r"(call|xfer)-[0-9a-f]{32}")
 
 
-def _status(exc: SoftphoneError) -> int:
-    """The HTTP status the error stands for, embedded or remote."""
-    if isinstance(exc, BackendError):
-        return exc.status
-    if isinstance(exc, NotFoundError):
-        return 404
-    if isinstance(exc, TransferError):
-        return 409
-    return 400
-
-
-async def _refused(coro: object) -> tuple[int, str]:
-    """Await ``coro``; it must fail: (status, message)."""
-    try:
-        await coro  # type: ignore[misc]
-    except SoftphoneError as exc:
-        return _status(exc), exc.message
-    raise AssertionError("the service gave what it should have refused")
-
-
 async def test_only_parties_get_tokens_and_unknown_rooms_answer_the_same(
     transfer_env: TransferEnv,
 ) -> None:
-    async with open_call(transfer_env, prefix="reg") as call:
+    env = transfer_env
+    async with open_call(env, prefix="reg") as call:
         room = call.room
         assert ROOM_RE.fullmatch(room), f"guessable room name {room!r}"
-        # Another caller (its own key) asks for this call's room; then for a
+        # Another caller (its own key) asks for this call's room, then for a
         # room that does not exist: the same 404, word for word.
-        other = transfer_env.service_for("caller-399")
-        status, message = await _refused(
-            other.mint_token(identity="caller-399", room=room, role="caller")
+        other = env.service_for("caller-399")
+        taken = await refused(
+            env, other.mint_token(identity="caller-399", room=room, role="caller"), 404
         )
-        missing = await _refused(
-            other.mint_token(identity="caller-399", room="call-" + "0" * 32, role="caller")
+        missing = await refused(
+            env,
+            other.mint_token(identity="caller-399", room="call-" + "0" * 32, role="caller"),
+            404,
         )
-        assert status == 404 and (status, message) == missing
+        assert taken.message == missing.message
         # B is an agent, but not assigned to this call.
-        b_service = transfer_env.service_for(call.b.identity)
-        assert (
-            await _refused(b_service.mint_token(identity=call.b.identity, room=room, role="agent"))
-        )[0] == 404
+        b = call.b.identity
+        await refused(env, env.service_for(b).mint_token(identity=b, room=room, role="agent"), 404)
         # A caller may not enter the lobby (where offers and presence live).
-        assert (
-            await _refused(
-                call.env.service_for(call.caller.identity).mint_token(
-                    identity=call.caller.identity, room=transfer_env.lobby, role="caller"
-                )
-            )
-        )[0] == 404
+        c = call.caller.identity
+        await refused(
+            env, env.service_for(c).mint_token(identity=c, room=env.lobby, role="caller"), 404
+        )
         # The parties themselves get theirs.
         grant = await call.a_service.mint_token(identity=call.a.identity, room=room, role="agent")
         assert grant.room == room and grant.identity == call.a.identity
 
 
 async def test_an_agent_not_assigned_cannot_transfer_the_call(transfer_env: TransferEnv) -> None:
-    async with open_call(transfer_env, prefix="reg") as call:
-        b_service = transfer_env.service_for(call.b.identity)
-        status, _ = await _refused(
-            b_service.start_transfer(
-                TransferRequest(
-                    caller=call.caller.identity,
-                    from_agent=call.b.identity,
-                    to_agent=call.a.identity,
-                    call_room=call.room,
-                )
-            )
+    env = transfer_env
+    async with open_call(env, prefix="reg") as call:
+        stolen = TransferRequest(
+            caller=call.caller.identity,
+            from_agent=call.b.identity,
+            to_agent=call.a.identity,
+            call_room=call.room,
         )
-        assert status == 404
-        # The real agent, naming a caller who is not this call's caller: refused too.
-        status, _ = await _refused(
-            call.a_service.start_transfer(
-                TransferRequest(
-                    caller="caller-398",
-                    from_agent=call.a.identity,
-                    to_agent=call.b.identity,
-                    call_room=call.room,
-                )
-            )
-        )
-        assert status in (400, 404)
+        await refused(env, env.service_for(call.b.identity).start_transfer(stolen), 404)
         # Nothing was started: the real transfer still can be.
         ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
         assert ticket.transfer.phase == "offering"
@@ -114,33 +75,20 @@ async def test_an_agent_not_assigned_cannot_transfer_the_call(transfer_env: Tran
 async def test_calls_are_listed_to_their_parties_only_and_a_caller_has_one_at_a_time(
     transfer_env: TransferEnv,
 ) -> None:
-    async with open_call(transfer_env, prefix="reg") as call:
-        mine = await call.a_service.list_calls(identity=call.a.identity, role="agent")
-        assert [c.room for c in mine] == [call.room]
-        theirs = await transfer_env.service_for(call.b.identity).list_calls(
-            identity=call.b.identity, role="agent"
-        )
-        assert call.room not in [c.room for c in theirs]
-        c_service = transfer_env.service_for(call.caller.identity)
-        status, _ = await _refused(
-            c_service.create_call(
-                caller=call.caller.identity, agent=call.b.identity, requester=call.caller.identity
-            )
-        )
-        assert status == 409
+    env = transfer_env
+    async with open_call(env, prefix="reg") as call:
+        a, b, c = call.a.identity, call.b.identity, call.caller.identity
+        mine = await call.a_service.list_calls(identity=a, role="agent")
+        assert [x.room for x in mine] == [call.room]
+        theirs = await env.service_for(b).list_calls(identity=b, role="agent")
+        assert call.room not in [x.room for x in theirs]
+        c_service = env.service_for(c)
+        await refused(env, c_service.create_call(caller=c, agent=b, requester=c), 409)
         # A stranger cannot end it; the caller can, and then nobody gets a token.
-        status, _ = await _refused(
-            transfer_env.service_for(call.b.identity).end_call(
-                mine[0].call_id, identity=call.b.identity
-            )
-        )
-        assert status == 404
-        ended = await c_service.end_call(mine[0].call_id, identity=call.caller.identity)
+        await refused(env, env.service_for(b).end_call(mine[0].call_id, identity=b), 404)
+        ended = await c_service.end_call(mine[0].call_id, identity=c)
         assert not ended.active
-        status, _ = await _refused(
-            call.a_service.mint_token(identity=call.a.identity, room=call.room, role="agent")
-        )
-        assert status == 404
+        await refused(env, call.a_service.mint_token(identity=a, room=call.room, role="agent"), 404)
 
 
 @pytest.mark.unit

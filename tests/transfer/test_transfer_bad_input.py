@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Awaitable
 from typing import Any
 
 import httpx
@@ -18,34 +17,16 @@ import pytest
 
 from softphone.errors import (
     BackendError,
-    NotFoundError,
-    SoftphoneError,
-    TransferError,
-    ValidationError,
 )
 from softphone.http_models import MAX_BODY_BYTES, MAX_SEGMENTS, MAX_TEXT
 from softphone.media.session import RtcSession
 from softphone.protocol import TransferRequest
 from softphone.server.room_admin import RoomAdmin
-from tests.transfer.conftest import Call, TransferEnv, ids, open_call
+from tests.transfer.conftest import Call, TransferEnv, ids, open_call, refused
 
 pytestmark = pytest.mark.integration
 
-_KIND = {400: ValidationError, 404: NotFoundError, 409: TransferError}
 JSON = {"Content-Type": "application/json"}
-
-
-async def refused(env: TransferEnv, aw: Awaitable[Any], status: int) -> SoftphoneError:
-    """``aw`` fails with ``status`` (backend) or the matching error class (embedded)."""
-    with pytest.raises(SoftphoneError) as info:
-        await aw
-    err = info.value
-    if env.kind == "backend":
-        assert isinstance(err, BackendError) and err.status == status, err
-    else:
-        assert isinstance(err, _KIND[status]), err
-    assert err.message
-    return err
 
 
 async def _rooms(rooms: RoomAdmin) -> set[str]:
