@@ -128,7 +128,9 @@ async def test_recording_survives_a_reconnect(
         call_id = await store.start_call(room_name)
         async with CallRecorder(directory=tmp_path / "rec", call_id=call_id, history=store) as rec:
             agent.on("remote_audio", lambda audio: rec.add_remote(audio))
-            started = time.monotonic()
+            # The file starts with the first audio (not with the caller's
+            # connect, which takes seconds on a loaded machine).
+            started: float | None = None
             for freq in (440.0, 880.0):  # first connection, then the reconnect
                 token = minter.mint(role="caller", identity="caller-r", room=room_name)
                 async with RtcSession(url=livekit_server.url, token=token.token) as caller:
@@ -138,9 +140,12 @@ async def test_recording_survives_a_reconnect(
                     tone.start()
                     audio: RemoteAudio = await agent.wait_for_audio("caller-r")
                     assert audio.identity == "caller-r"
+                    if started is None:
+                        started = time.monotonic()
                     await asyncio.sleep(1.5)
                     await tone.aclose()
                 await asyncio.sleep(0.7)  # gone for a moment
+            assert started is not None
             wall_s = time.monotonic() - started
             files = rec.files
         detail = await store.get_call(call_id)
