@@ -16,7 +16,7 @@ from softphone.client.context import AppContext
 from softphone.config import save_settings
 from softphone.domain.events import EventEmitter
 from softphone.domain.identifiers import validate_room_name
-from softphone.errors import MediaError
+from softphone.errors import MediaError, SoftphoneError
 from softphone.media.call_leg import CallLeg
 from softphone.media.devices import AudioDevices, DeviceKind
 from softphone.media.session import RtcSession
@@ -47,6 +47,8 @@ class CallController(EventEmitter[ControllerEvent]):
         self.legs: dict[str, CallLeg] = {}
         self.muted = False
         self.call_id: str | None = None
+        # The service's id of the call this caller placed (ended when it leaves).
+        self._placed: str | None = None
         self.call_started_at: float | None = None
         self._started: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
@@ -141,7 +143,9 @@ class CallController(EventEmitter[ControllerEvent]):
             agent=self.context.settings.call_agent,
             requester=self.identity,
         )
-        return await self.join(ticket.call.room, token=ticket.token.token)
+        leg = await self.join(ticket.call.room, token=ticket.token.token)
+        self._placed = ticket.call.call_id
+        return leg
 
     async def adopt(
         self,
@@ -204,6 +208,12 @@ class CallController(EventEmitter[ControllerEvent]):
         self.emit("leg_closed", leg)
         if leg == "call":
             await self._record_end()
+            placed, self._placed = self._placed, None
+            if placed is not None:  # the caller hangs up: the call ends for everyone
+                try:
+                    await self.context.service().end_call(placed, identity=self.identity)
+                except SoftphoneError as exc:
+                    log.info("the service did not end the call", extra={"error": exc.message})
 
     def set_muted(self, muted: bool) -> None:
         """Mute or unmute the microphone in every leg; a muted mic sends nothing."""

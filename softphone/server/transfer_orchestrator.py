@@ -98,6 +98,9 @@ OFFER_BODY_BYTES = 9 * 1024
 # When a closed room is checked again for late joiners who re-created it.
 SWEEP_DELAYS_S = (1.0, 2.0, 4.0)
 MOVE_LEAVE_GRACE_S = 2.0
+# A caller's earlier call counts as abandoned once the caller is not in its
+# room this long after it was created (time to connect).
+CALL_JOIN_GRACE_S = 30.0
 # How long a new call's assignment is offered to an agent not (yet) in the lobby.
 ANNOUNCE_TIMEOUT_S = 15.0
 # Pause between attempts of an RPC that was not delivered or not acknowledged.
@@ -146,6 +149,9 @@ class TransferOrchestrator(TransferService):
         hold_audio: Play a hold tone to the caller in R1.
         history: Where the chain of custody is written (optional).
         registry: The call registry (default: a new one in memory).
+        call_join_grace_s: A caller's earlier call whose caller is not in its
+            room this long after it was created counts as abandoned when the
+            caller places a new one.
         signer: Signs every command sent to the apps (default: a new key).
         clock: Wall clock for timestamps.
     """
@@ -166,12 +172,14 @@ class TransferOrchestrator(TransferService):
         hold_audio: bool = True,
         history: HistoryStore | None = None,
         registry: CallRegistry | None = None,
+        call_join_grace_s: float = CALL_JOIN_GRACE_S,
         signer: CommandSigner | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.signer = signer or CommandSigner()
         self.registry = registry or CallRegistry(clock=clock)
+        self._join_grace_s = call_join_grace_s
         self._url = url
         self._rooms = rooms
         self._minter = minter
@@ -1044,7 +1052,14 @@ class TransferOrchestrator(TransferService):
         if self._closed:
             raise TransferError("the transfer service is closed")
         validate_identity(requester, "requester")
-        call = await self.registry.create(caller=caller, agent=agent)
+        try:
+            call = await self.registry.create(caller=caller, agent=agent)
+        except TransferError as exc:
+            # The caller's previous call may have ended without anyone saying
+            # so (the app closed, the network went): end it if it is over.
+            if not await self._end_if_abandoned(str((exc.details or {}).get("call_id", ""))):
+                raise
+            call = await self.registry.create(caller=caller, agent=agent)
         if self._history is not None:
             try:
                 await self._history.start_call(call.room, call_id=call.call_id)
@@ -1055,6 +1070,31 @@ class TransferOrchestrator(TransferService):
         self._spawn(self._announce(call))
         log.info("call created", extra={"call_id": call.call_id})
         return CallTicket(call=call, token=token)
+
+    async def _end_if_abandoned(self, call_id: str) -> bool:
+        """End ``call_id`` if its caller is no longer in it (past a grace for joining).
+
+        Returns:
+            Whether it was ended.
+        """
+        try:
+            call = await self.registry.get(call_id)
+        except NotFoundError:
+            return True
+        if self._clock() - call.created_at < self._join_grace_s or call.room in self._active_rooms:
+            return False
+        try:
+            if call.caller in await self._present(call.room):
+                return False
+        except LiveKitError:
+            return False  # cannot tell: keep it
+        await self.registry.end(call_id)
+        await self._close_room(call.room)
+        if self._history is not None:
+            with contextlib.suppress(SoftphoneError):
+                await self._history.end_call(call_id)
+        log.info("abandoned call ended", extra={"call_id": call_id})
+        return True
 
     async def _announce(self, call: CallInfo) -> None:
         """Tell the assigned agent, in the lobby, that a call waits for it.

@@ -47,6 +47,8 @@ A_HZ = 660.0
 B_HZ = 880.0
 HOLD_HZ = 330.0
 OFFER_TIMEOUT_S = 3.0
+# Embedded: a caller gone from its call this long after placing it has abandoned it.
+CALL_JOIN_GRACE_S = 2.0
 # Share of 10 ms windows that must carry a tone for it to count as heard. Not
 # 1.0: on a busy 2-core machine the tone players and decoders hiccup, but a
 # leg with no audio scores 0.
@@ -88,6 +90,7 @@ async def embedded_env(
             lobby_room="lobby-embedded",
             offer_timeout_s=OFFER_TIMEOUT_S,
             move_timeout_s=8.0,
+            call_join_grace_s=CALL_JOIN_GRACE_S,
         )
         async with service:
             yield TransferEnv(

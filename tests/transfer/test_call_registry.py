@@ -10,13 +10,21 @@ does, so names could be probed.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
 
+from softphone.errors import TransferError
 from softphone.protocol import TransferRequest
 from softphone.server.call_registry import CallRegistry
-from tests.transfer.conftest import TransferEnv, open_call, refused
+from tests.transfer.conftest import (
+    CALL_JOIN_GRACE_S,
+    TransferEnv,
+    eventually,
+    open_call,
+    refused,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +97,39 @@ async def test_calls_are_listed_to_their_parties_only_and_a_caller_has_one_at_a_
         ended = await c_service.end_call(mine[0].call_id, identity=c)
         assert not ended.active
         await refused(env, call.a_service.mint_token(identity=a, room=call.room, role="agent"), 404)
+
+
+async def test_a_caller_who_vanished_can_call_again(embedded_env: TransferEnv) -> None:
+    """The caller's app closed without hanging up: its next call is not refused forever."""
+    env = embedded_env
+    async with open_call(env, prefix="gone") as call:
+        c = call.caller.identity
+        await call.caller_session.aclose()  # no end_call: the app just went away
+        await asyncio.sleep(CALL_JOIN_GRACE_S)
+
+        async def calls_again() -> bool:
+            try:
+                ticket = await env.service_for(c).create_call(
+                    caller=c, agent=call.b.identity, requester=c
+                )
+            except TransferError:
+                return False  # the server may not have seen the caller leave yet
+            call.extra.append(_Ended(env, ticket.call.call_id, c))
+            return True
+
+        await eventually(calls_again)
+        mine = await call.a_service.list_calls(identity=call.a.identity, role="agent")
+        assert call.room not in [x.room for x in mine]
+
+
+class _Ended:
+    """Ends a call when the test's call is closed."""
+
+    def __init__(self, env: TransferEnv, call_id: str, identity: str) -> None:
+        self._env, self._id, self._who = env, call_id, identity
+
+    async def aclose(self) -> None:
+        await self._env.service_for(self._who).end_call(self._id, identity=self._who)
 
 
 @pytest.mark.unit
