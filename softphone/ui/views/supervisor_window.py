@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -173,6 +173,9 @@ class SupervisorWindow(RoleWindow):
         self.rooms = QTableWidget(0, 3)
         self.rooms.setHorizontalHeaderLabels(["Room", "Participants", "Duration"])
         self.rooms.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        # Room names are long and random: keep their start and end visible.
+        self.rooms.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.rooms.setColumnWidth(0, 220)
         self.rooms.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.rooms.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.rooms.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
