@@ -12,6 +12,7 @@ from livekit import rtc
 from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
+from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter
 from tests.audio_probe import Listener, dominant_freq, tone_level
 
@@ -87,3 +88,39 @@ async def test_mute_stops_audio_at_the_far_end(
     after = [tone_level(w, 440.0) for t, w in listener.capture.windows() if t > muted_at + 0.5]
     assert max(heard) > 0.1
     assert not after or max(after) < 0.02
+
+
+async def test_a_session_muted_before_publishing_publishes_a_muted_track(
+    livekit_server: LocalLiveKitServer, minter: TokenMinter, room_name: str
+) -> None:
+    # The publish request itself must say muted: a separate mute message sent
+    # after it races an unmute that follows at once (the SDK sends each from a
+    # task of its own), and the server could keep the track muted for good
+    # (a standby caller promoted as it publishes: B heard nothing).
+    grant = minter.mint(role="caller", identity="caller-pm", room=room_name)
+    async with RtcSession(url=livekit_server.url, token=grant.token) as session:
+        session.set_muted(True)
+        await session.publish_audio(rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100))
+        (pub,) = session.room.local_participant.track_publications.values()
+        assert pub.muted, "the server acknowledged the track unmuted"
+        session.set_muted(False)
+        assert not session.muted
+
+
+async def test_rapid_mute_toggles_end_in_the_last_state_on_the_server(
+    livekit_server: LocalLiveKitServer, minter: TokenMinter, room_admin: RoomAdmin, room_name: str
+) -> None:
+    # Each SDK mute/unmute goes out from a task of its own; toggles in quick
+    # succession (A muted for a transfer that then fails at once) could reach
+    # the server reversed and leave the track muted there for good.
+    grant = minter.mint(role="agent", identity="agent-tg", room=room_name)
+    async with RtcSession(url=livekit_server.url, token=grant.token) as session:
+        await session.publish_audio(rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100))
+        for last in (False, True, False):
+            for _ in range(5):
+                session.set_muted(not last)
+                session.set_muted(last)
+            await asyncio.sleep(1.0)
+            (me,) = await room_admin.list_participants(room_name)
+            assert me.audio_tracks == 1
+            assert me.unmuted_audio_tracks == (0 if last else 1), f"the app says muted={last}"

@@ -33,6 +33,25 @@ from softphone.protocol import (
 log = logging.getLogger(__name__)
 
 CallerEvent = Literal["joined", "moved"]
+# How long a move waits for the service's promotion of the standby session to
+# arrive (it is sent before the move, on another channel, so it may trail it).
+PROMOTION_WAIT_S = 1.0
+
+
+async def _promoted(session: RtcSession, timeout_s: float) -> bool:
+    """Whether ``session`` may listen, waiting up to ``timeout_s`` for the permission."""
+    if session.may_listen:
+        return True
+    granted = asyncio.Event()
+    off = session.on("may_listen", lambda ok: granted.set() if ok else None)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await granted.wait()
+    except TimeoutError:
+        pass
+    finally:
+        off()
+    return session.may_listen
 MoveStrategy = Literal["make_before_break", "break_before_make"]
 
 
@@ -147,7 +166,10 @@ class CallerMover(EventEmitter[CallerEvent]):
             session = await asyncio.shield(task)
         except (MediaError, asyncio.CancelledError):
             return None
-        if not session.connected:
+        if not session.connected or not await _promoted(session, PROMOTION_WAIT_S):
+            # Not (yet) given the caller's permissions: it could speak but not
+            # hear. The move's own grant joins afresh, make-before-break.
+            log.info("standby session not promoted; joining afresh")
             await session.aclose()
             return None
         if self._mic is not None:

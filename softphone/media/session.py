@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
@@ -46,6 +47,8 @@ SAMPLE_RATE = 48000
 _ABANDONED: set[asyncio.Future[None]] = set()
 DISCONNECT_TIMEOUT_S = 5.0
 UNPUBLISH_TIMEOUT_S = 2.0
+# At most one mute change reaches the SDK per this interval (see set_muted).
+MUTE_SETTLE_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +150,10 @@ class RtcSession(EventEmitter[SessionEvent]):
         self._audio_waiters: list[asyncio.Queue[RemoteAudio]] = []
         self._closed = False
         self._muted = False
+        # What the SDK was last told, when, and a deferred change (set_muted).
+        self._sent_muted = False
+        self._mute_sent_at = 0.0
+        self._mute_timer: asyncio.TimerHandle | None = None
         self.disconnect_reason: str | None = None
         self._wire()
 
@@ -169,6 +176,11 @@ class RtcSession(EventEmitter[SessionEvent]):
     def publishing(self) -> bool:
         """Whether a microphone track is published (muted or not)."""
         return self._mic_pub is not None
+
+    @property
+    def may_listen(self) -> bool:
+        """Whether the server lets this participant subscribe (a standby caller: not yet)."""
+        return bool(self.room.local_participant.permissions.can_subscribe)
 
     @property
     def muted(self) -> bool:
@@ -307,14 +319,25 @@ class RtcSession(EventEmitter[SessionEvent]):
             MediaError: The track could not be published (e.g. no publish grant).
         """
         track = rtc.LocalAudioTrack.create_audio_track(name, source)
+        # Muted before publishing, so the publish request itself says so and
+        # the server never needs a separate mute message. The SDK sends each
+        # mute and unmute from a task of its own, unordered: a mute right
+        # after publishing followed at once by an unmute (a standby caller
+        # promoted as it publishes) could reach the server in reverse and
+        # leave the track muted there for good while the app thinks it is live.
+        published_muted = self._muted
+        if published_muted:
+            track.mute()
         opts = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         try:
             self._mic_pub = await self.room.local_participant.publish_track(track, opts)
         except Exception as exc:
             raise MediaError("could not publish the microphone track") from exc
         self._mic = track
-        if self._muted:
-            track.mute()
+        self._sent_muted = published_muted
+        # Changed while publishing (nothing to apply it to then): one message
+        # now, after the publish was answered, so it cannot overtake it.
+        self._send_mute()
 
     def restrict_subscribers(self, identities: Sequence[str] | None) -> None:
         """Let only ``identities`` subscribe to this participant's tracks (server-enforced).
@@ -351,9 +374,27 @@ class RtcSession(EventEmitter[SessionEvent]):
         The choice is kept for a track published later.
         """
         self._muted = muted
-        if self._mic is None:
+        if self._mic is None or self._mute_timer is not None:
+            return  # nothing to apply it to yet, or a deferred change takes the latest
+        wait_s = self._mute_sent_at + MUTE_SETTLE_S - time.monotonic()
+        if wait_s > 0:
+            # The SDK sends each mute and unmute from a task of its own,
+            # unordered: two close together can reach the server reversed and
+            # leave the track muted there for good. One change per interval.
+            with contextlib.suppress(RuntimeError):  # no loop: apply at once
+                self._mute_timer = asyncio.get_running_loop().call_later(
+                    wait_s, self._send_mute
+                )
+                return
+        self._send_mute()
+
+    def _send_mute(self) -> None:
+        self._mute_timer = None
+        if self._mic is None or self._muted == self._sent_muted:
             return
-        if muted:
+        self._sent_muted = self._muted
+        self._mute_sent_at = time.monotonic()
+        if self._muted:
             self._mic.mute()
         else:
             self._mic.unmute()
@@ -473,6 +514,9 @@ class RtcSession(EventEmitter[SessionEvent]):
         if self._closed:
             return
         self._closed = True
+        if self._mute_timer is not None:
+            self._mute_timer.cancel()
+            self._mute_timer = None
         # Unpublishing first makes for the cleanest leave, but it renegotiates,
         # which never ends when the room went away meanwhile: bounded.
         await self.unpublish_audio()
