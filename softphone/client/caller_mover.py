@@ -52,6 +52,8 @@ async def _promoted(session: RtcSession, timeout_s: float) -> bool:
     finally:
         off()
     return session.may_listen
+
+
 MoveStrategy = Literal["make_before_break", "break_before_make"]
 
 

@@ -382,9 +382,7 @@ class RtcSession(EventEmitter[SessionEvent]):
             # unordered: two close together can reach the server reversed and
             # leave the track muted there for good. One change per interval.
             with contextlib.suppress(RuntimeError):  # no loop: apply at once
-                self._mute_timer = asyncio.get_running_loop().call_later(
-                    wait_s, self._send_mute
-                )
+                self._mute_timer = asyncio.get_running_loop().call_later(wait_s, self._send_mute)
                 return
         self._send_mute()
 

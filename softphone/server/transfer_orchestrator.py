@@ -629,7 +629,12 @@ class TransferOrchestrator(TransferService):
             )
         except TimeoutError:
             async with run.lock:
-                if t.phase == "offering":
+                if t.phase != "offering":
+                    return
+                if t.caller not in await self._present(t.call_room):
+                    # Hung up while B's phone rang (the watcher had not seen it yet).
+                    await self._end(run, EndReason("caller_left"))
+                else:
                     await self._give_back(run, EndReason("no_answer"))
             return
         except asyncio.CancelledError:
@@ -822,8 +827,9 @@ class TransferOrchestrator(TransferService):
         or under load after the timeout. So the instruction is sent again
         while it did not get through, and B counts as arrived once its mic
         is heard in R1, checked with backoff for up to the move timeout.
-        Only an error answer from B's app (it could not join) with B not in
-        R1 ends it early.
+        An error answer (B's app could not join, or its connection went
+        while answering) ends it early only if B is still not heard in R1
+        shortly after.
         """
         payload = self._command(
             RPC_JOIN,
@@ -833,7 +839,7 @@ class TransferOrchestrator(TransferService):
         )
         deadline = time.monotonic() + self._move_timeout_s
         pause = MOVE_POLL_S
-        refused = False
+        refused_at: float | None = None
         rpc: asyncio.Task[str] | None = None
         try:
             while True:
@@ -842,11 +848,9 @@ class TransferOrchestrator(TransferService):
                     if isinstance(exc, SoftphoneError) and not (
                         exc.retryable or isinstance(exc, NotFoundError)
                     ):
-                        log.info("agent could not come", extra={"error": exc.message})
-                        refused = True
-                    elif exc is None:
-                        refused = False
-                    else:
+                        log.info("agent's app answered with an error", extra={"error": exc.message})
+                        refused_at = refused_at or time.monotonic()
+                    elif exc is not None:
                         rpc = None  # did not get through: send it again
                 if rpc is None:
                     rpc = asyncio.ensure_future(
@@ -860,7 +864,8 @@ class TransferOrchestrator(TransferService):
                     )
                 if t.to_agent in await self._publishing(t.call_room):
                     return True
-                if refused or time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline or (refused_at and now - refused_at > MOVE_LEAVE_GRACE_S):
                     log.warning("agent could not be brought in")
                     return False
                 await asyncio.sleep(pause)

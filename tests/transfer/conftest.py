@@ -257,7 +257,8 @@ async def open_call(
                 await x.aclose()
         await b_lobby.aclose()
         await a_call.aclose()
-        await (mover.session if mover else c_session).aclose()
+        # The mover also closes its standby connection and background tasks.
+        await (mover if mover else c_session).aclose()
         for p in (caller, a, b):
             await p.tone.aclose()
 
