@@ -33,6 +33,7 @@ from softphone.protocol import (
 log = logging.getLogger(__name__)
 
 CallerEvent = Literal["joined", "moved"]
+MoveStrategy = Literal["make_before_break", "break_before_make"]
 # How long a move waits for the service's promotion of the standby session to
 # arrive (it is sent before the move, on another channel, so it may trail it).
 PROMOTION_WAIT_S = 1.0
@@ -52,9 +53,6 @@ async def _promoted(session: RtcSession, timeout_s: float) -> bool:
     finally:
         off()
     return session.may_listen
-
-
-MoveStrategy = Literal["make_before_break", "break_before_make"]
 
 
 class CallerMover(EventEmitter[CallerEvent]):
