@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from softphone.client.agent_controller import AgentController
+from softphone.client.agent_controller import AgentController, AgentEvent
 from softphone.client.call_controller import CallController
 from softphone.client.context import AppContext
 from softphone.client.lobby import Offer, Withdrawn
@@ -33,17 +33,8 @@ from softphone.ui.views.transfer_panel import TransferPanel
 from softphone.ui.widgets.summary_card import SummaryCardEditor
 from softphone.ui.widgets.transcript_view import TranscriptView
 
-AGENT_EVENTS = (
-    "offer",
-    "offer_withdrawn",
-    "directory",
-    "transfer",
-    "segment",
-    "transcript_error",
-    "presence",
-    "lobby",
-    "call_assigned",
-)
+# Every event of the agent controller reaches the window through the bridge.
+AGENT_EVENTS = get_args(AgentEvent)
 
 
 class AgentWindow(RoleWindow):
