@@ -30,7 +30,7 @@ class AppContext:
     url: str
     history: HistoryStore
     transfer: TransferService | None = None
-    _info: ServiceInfo | None = None
+    _info: ServiceInfo | None = dataclasses.field(default=None, init=False, repr=False)
 
     def service(self) -> TransferService:
         """The transfer service.

@@ -26,6 +26,8 @@ from softphone.protocol import CallInfo
 PartyRole = Literal["caller", "agent"]
 # How long an ended call stays known (its history lives in the history store).
 ENDED_KEPT_S = 3600.0
+# Active calls one requester (a key's identity) may have created at once.
+MAX_ACTIVE_PER_REQUESTER = 50
 
 
 def unguessable_room(prefix: str) -> str:
@@ -40,6 +42,7 @@ class _Call:
     caller: str
     agent: str
     created_at: float
+    created_by: str = ""
     # Consult room -> the agents of the transfer that opened it (A and B).
     consults: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     ended_at: float | None = None
@@ -69,12 +72,17 @@ class CallRegistry:
         self._by_room: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
-    async def create(self, *, caller: str, agent: str) -> CallInfo:
+    async def create(self, *, caller: str, agent: str, requester: str = "") -> CallInfo:
         """Register a new call of ``caller`` assigned to ``agent``, in a new unguessable room.
+
+        ``requester`` (who asked) may have at most :data:`MAX_ACTIVE_PER_REQUESTER`
+        active calls: an agent or integrator key can name any caller, and must
+        not fill the service's memory with calls.
 
         Raises:
             ValidationError: Bad identities, or caller and agent the same.
-            TransferError: The caller already has an active call.
+            TransferError: The caller already has an active call, or the
+                requester too many.
         """
         validate_identity(caller, "caller")
         validate_identity(agent, "agent")
@@ -87,12 +95,17 @@ class CallRegistry:
                     raise TransferError(
                         "this caller already has an active call", details={"call_id": c.call_id}
                     )
+            active = [c for c in self._calls.values() if c.ended_at is None]
+            by_requester = sum(1 for c in active if requester and c.created_by == requester)
+            if by_requester >= MAX_ACTIVE_PER_REQUESTER:
+                raise TransferError("too many active calls created by this key")
             call = _Call(
                 call_id=secrets.token_hex(12),
                 room=unguessable_room("call"),
                 caller=caller,
                 agent=agent,
                 created_at=self._clock(),
+                created_by=requester,
             )
             self._calls[call.call_id] = call
             self._by_room[call.room] = call.call_id

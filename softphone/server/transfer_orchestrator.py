@@ -1058,13 +1058,13 @@ class TransferOrchestrator(TransferService):
             raise TransferError("the transfer service is closed")
         validate_identity(requester, "requester")
         try:
-            call = await self.registry.create(caller=caller, agent=agent)
+            call = await self.registry.create(caller=caller, agent=agent, requester=requester)
         except TransferError as exc:
             # The caller's previous call may have ended without anyone saying
             # so (the app closed, the network went): end it if it is over.
             if not await self._end_if_abandoned(str((exc.details or {}).get("call_id", ""))):
                 raise
-            call = await self.registry.create(caller=caller, agent=agent)
+            call = await self.registry.create(caller=caller, agent=agent, requester=requester)
         if self._history is not None:
             try:
                 await self._history.start_call(call.room, call_id=call.call_id)

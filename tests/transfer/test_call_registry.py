@@ -17,7 +17,7 @@ import pytest
 
 from softphone.errors import TransferError
 from softphone.protocol import TransferRequest
-from softphone.server.call_registry import CallRegistry
+from softphone.server.call_registry import MAX_ACTIVE_PER_REQUESTER, CallRegistry
 from tests.transfer.conftest import (
     CALL_JOIN_GRACE_S,
     TransferEnv,
@@ -153,3 +153,17 @@ async def test_registry_follows_a_call_through_a_transfer() -> None:
     await reg.end(call.call_id)
     assert await reg.party_of("caller-u", xfer) is None
     assert await reg.calls() == []
+
+
+@pytest.mark.unit
+async def test_one_key_cannot_fill_the_registry_with_calls() -> None:
+    reg = CallRegistry()
+    for n in range(MAX_ACTIVE_PER_REQUESTER):
+        await reg.create(caller=f"caller-f{n}", agent="agent-a", requester="agent-x")
+    with pytest.raises(TransferError):
+        await reg.create(caller="caller-one-more", agent="agent-a", requester="agent-x")
+    # Others are not held back, and an ended call makes room again.
+    await reg.create(caller="caller-other", agent="agent-a", requester="agent-y")
+    first = (await reg.calls(identity="caller-f0"))[0]
+    await reg.end(first.call_id)
+    await reg.create(caller="caller-one-more", agent="agent-a", requester="agent-x")
