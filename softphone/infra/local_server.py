@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -79,20 +81,45 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
             ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
-def server_config(host: str, ports: ServerPorts) -> str:
-    """The YAML config body for a loopback-only dev server on ``ports``."""
-    return (
+def server_config(
+    host: str,
+    ports: ServerPorts,
+    *,
+    node_ip: str | None = None,
+    redis_address: str | None = None,
+    webhook_urls: Sequence[str] = (),
+    api_key: str = DEV_API_KEY,
+) -> str:
+    """The YAML config body for a loopback-only dev server on ``ports``.
+
+    Args:
+        host: Loopback address the server binds.
+        ports: Its ports.
+        node_ip: The address advertised to clients for media (default
+            ``host``); e.g. a relay's that forwards to ``host``.
+        redis_address: ``host:port`` of the Redis that makes this server one
+            node of a multi-node deployment (LiveKit's own routing).
+        webhook_urls: Where the server POSTs its webhooks, signed with ``api_key``.
+        api_key: The key webhooks are signed with.
+    """
+    body = (
         f"port: {ports.signal}\n"
         f'bind_addresses: ["{host}"]\n'
         "rtc:\n"
         f"  tcp_port: {ports.rtc_tcp}\n"
         f"  udp_port: {ports.rtc_udp}\n"
-        f"  node_ip: {host}\n"
+        f"  node_ip: {node_ip or host}\n"
         "  use_external_ip: false\n"
         "  enable_loopback_candidate: true\n"
         "logging:\n"
         "  level: info\n"
     )
+    if redis_address:
+        body += f"redis:\n  address: {redis_address}\n"
+    if webhook_urls:
+        urls = ", ".join(json.dumps(u) for u in webhook_urls)
+        body += f"webhook:\n  api_key: {api_key}\n  urls: [{urls}]\n"
+    return body
 
 
 class LocalLiveKitServer:
@@ -111,6 +138,11 @@ class LocalLiveKitServer:
             nothing; output is discarded).
         host: Loopback address to bind.
         ready_timeout: Seconds to wait for the server to answer.
+        node_ip: Media address advertised to clients (default ``host``).
+        redis_address: ``host:port`` of a Redis: this server is then one node
+            of a multi-node deployment (the same Redis on every node).
+        webhook_urls: Where the server sends its webhooks.
+        ports: Fixed ports (default: free ones picked at start).
     """
 
     def __init__(
@@ -120,8 +152,16 @@ class LocalLiveKitServer:
         log_path: Path | None = None,
         host: str = "127.0.0.1",
         ready_timeout: float = 20.0,
+        node_ip: str | None = None,
+        redis_address: str | None = None,
+        webhook_urls: Sequence[str] = (),
+        ports: ServerPorts | None = None,
     ) -> None:
         self._binary = binary
+        self._node_ip = node_ip
+        self._redis_address = redis_address
+        self._webhook_urls = tuple(webhook_urls)
+        self._fixed_ports = ports
         self._log_path = log_path
         self._host = host
         self._ready_timeout = ready_timeout
@@ -180,7 +220,7 @@ class LocalLiveKitServer:
         raise last
 
     async def _start_once(self) -> None:
-        self.ports = _pick_ports(self._host)
+        self.ports = self._fixed_ports or _pick_ports(self._host)
         # Opening a log file and forking are quick, bounded calls; the wait for
         # readiness below is what must not block, and it does not.
         out = (
@@ -196,7 +236,14 @@ class LocalLiveKitServer:
                     str(self._binary),
                     "--dev",
                     "--config-body",
-                    server_config(self._host, self.ports),
+                    server_config(
+                        self._host,
+                        self.ports,
+                        node_ip=self._node_ip,
+                        redis_address=self._redis_address,
+                        webhook_urls=self._webhook_urls,
+                        api_key=self.api_key,
+                    ),
                 ],
                 stdin=subprocess.DEVNULL,
                 # Keys go through the environment, not argv, which any local user can read.
@@ -248,7 +295,8 @@ class LocalLiveKitServer:
             return
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                # No grace: a crash (SIGKILL at once), not a stop.
+                os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
             deadline = time.monotonic() + grace
             # Popen has no awaitable wait; poll briefly (a stop takes ~100 ms).
             while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -257,6 +305,18 @@ class LocalLiveKitServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+    async def restart(self, *, kill: bool = True, down_s: float = 0.0) -> None:
+        """Stop the server (SIGKILL, or a clean stop) and start it on the same ports.
+
+        Args:
+            kill: Kill it with SIGKILL (a crash) rather than SIGTERM.
+            down_s: How long it stays down before starting again.
+        """
+        self._fixed_ports = self._require_ports()
+        await self.aclose(grace=0.0 if kill else 5.0)
+        await asyncio.sleep(down_s)
+        await self.start()
 
     async def __aenter__(self) -> LocalLiveKitServer:
         return await self.start()
