@@ -262,6 +262,28 @@ class Transfer:
         self.timeline: list[Transition] = [Transition("preparing", at)]
         self.version = 1
 
+    @classmethod
+    def restore(cls, snap: TransferSnapshot) -> Transfer:
+        """The transfer as ``snap`` left it (another replica takes it over)."""
+        t = cls(
+            transfer_id=snap.transfer_id,
+            mode=snap.mode,
+            call_room=snap.call_room,
+            new_room=snap.new_room,
+            caller=snap.caller,
+            from_agent=snap.from_agent,
+            to_agent=snap.to_agent,
+            at=snap.timeline[0].at if snap.timeline else 0.0,
+        )
+        t.phase, t.summary, t.reason, t.strategy = (
+            snap.phase,
+            snap.summary,
+            snap.reason,
+            snap.strategy,
+        )
+        t.timeline, t.version = list(snap.timeline), snap.version
+        return t
+
     @property
     def active(self) -> bool:
         """True until the transfer completed, returned or ended."""

@@ -6,22 +6,31 @@ registered call and its assigned agent, and room names are unguessable
 (``call-`` or ``xfer-`` and 128 random bits), so a name reveals nothing and
 cannot be probed.
 
-Kept in memory behind a small async interface (one process; the backend's
-replicas will keep it in Redis behind the same methods).
+The rules live here once (:class:`CallRegistry`); where the calls are kept is
+a small storage interface: in memory for one process
+(:class:`MemoryCallRegistry`), in Redis for the backend's replicas
+(:class:`RedisCallRegistry`), where every change is one optimistic
+transaction (WATCH/MULTI) so two replicas never lose each other's updates.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
+import json
 import secrets
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
+
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError, WatchError
 
 from softphone.domain.identifiers import validate_identity
 from softphone.errors import NotFoundError, TransferError, ValidationError
 from softphone.protocol import CallInfo
+from softphone.server.state import StateError
 
 PartyRole = Literal["caller", "agent"]
 # How long an ended call stays known (its history lives in the history store).
@@ -47,6 +56,20 @@ class _Call:
     consults: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     ended_at: float | None = None
 
+    @property
+    def rooms(self) -> set[str]:
+        """The rooms that admit this call's parties (none once it ended)."""
+        return set() if self.ended_at is not None else {self.room, *self.consults}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str) -> _Call:
+        data: dict[str, Any] = json.loads(raw)
+        data["consults"] = {k: tuple(v) for k, v in data.get("consults", {}).items()}
+        return cls(**data)
+
     def info(self) -> CallInfo:
         return CallInfo(
             call_id=self.call_id,
@@ -59,8 +82,11 @@ class _Call:
         )
 
 
-class CallRegistry:
+class CallRegistry(abc.ABC):
     """Calls, their rooms and parties; the source of truth for token and transfer checks.
+
+    Subclasses keep the calls (:meth:`_insert`, :meth:`_load`, :meth:`_call_in`,
+    :meth:`_update`, :meth:`_active`); the rules are the same everywhere.
 
     Args:
         clock: Wall clock for timestamps.
@@ -68,9 +94,34 @@ class CallRegistry:
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._calls: dict[str, _Call] = {}
-        self._by_room: dict[str, str] = {}
-        self._lock = asyncio.Lock()
+
+    # ---- storage -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _insert(self, call: _Call) -> None:
+        """Store a new call, atomically checking the caller's and requester's limits.
+
+        Raises:
+            TransferError: The caller has an active call, or the requester too many.
+        """
+
+    @abc.abstractmethod
+    async def _load(self, call_id: str) -> _Call | None:
+        """The call ``call_id`` (active or recently ended)."""
+
+    @abc.abstractmethod
+    async def _call_in(self, room: str) -> _Call | None:
+        """The active call one of whose rooms is ``room``."""
+
+    @abc.abstractmethod
+    async def _update(self, call_id: str, change: Callable[[_Call], None]) -> _Call | None:
+        """Apply ``change`` to the call atomically (rooms re-indexed); None if unknown."""
+
+    @abc.abstractmethod
+    async def _active(self) -> list[_Call]:
+        """Every active call."""
+
+    # ---- rules -------------------------------------------------------------------
 
     async def create(self, *, caller: str, agent: str, requester: str = "") -> CallInfo:
         """Register a new call of ``caller`` assigned to ``agent``, in a new unguessable room.
@@ -88,34 +139,16 @@ class CallRegistry:
         validate_identity(agent, "agent")
         if caller == agent:
             raise ValidationError("agent", "must not be the caller")
-        async with self._lock:
-            self._forget_ended()
-            for c in self._calls.values():
-                if c.caller == caller and c.ended_at is None:
-                    raise TransferError(
-                        "this caller already has an active call", details={"call_id": c.call_id}
-                    )
-            active = [c for c in self._calls.values() if c.ended_at is None]
-            by_requester = sum(1 for c in active if requester and c.created_by == requester)
-            if by_requester >= MAX_ACTIVE_PER_REQUESTER:
-                raise TransferError("too many active calls created by this key")
-            call = _Call(
-                call_id=secrets.token_hex(12),
-                room=unguessable_room("call"),
-                caller=caller,
-                agent=agent,
-                created_at=self._clock(),
-                created_by=requester,
-            )
-            self._calls[call.call_id] = call
-            self._by_room[call.room] = call.call_id
-            return call.info()
-
-    def _forget_ended(self) -> None:
-        # Ended calls are kept a while for late status questions, not forever.
-        cutoff = self._clock() - ENDED_KEPT_S
-        for call_id in [k for k, c in self._calls.items() if c.ended_at and c.ended_at < cutoff]:
-            del self._calls[call_id]
+        call = _Call(
+            call_id=secrets.token_hex(12),
+            room=unguessable_room("call"),
+            caller=caller,
+            agent=agent,
+            created_at=self._clock(),
+            created_by=requester,
+        )
+        await self._insert(call)
+        return call.info()
 
     async def get(self, call_id: str) -> CallInfo:
         """The call ``call_id``.
@@ -123,32 +156,25 @@ class CallRegistry:
         Raises:
             NotFoundError: No such call.
         """
-        return self._get(call_id).info()
-
-    def _get(self, call_id: str) -> _Call:
-        call = self._calls.get(call_id) if isinstance(call_id, str) else None
+        call = await self._load(call_id) if isinstance(call_id, str) and call_id else None
         if call is None:
             raise NotFoundError("call not found")
-        return call
+        return call.info()
 
     async def by_room(self, room: str) -> CallInfo | None:
         """The active call whose call room or consult room is ``room``."""
-        call = self._active_by_room(room)
+        call = await self._call_in(room)
         return call.info() if call is not None else None
-
-    def _active_by_room(self, room: str) -> _Call | None:
-        call_id = self._by_room.get(room)
-        call = self._calls.get(call_id) if call_id is not None else None
-        return call if call is not None and call.ended_at is None else None
 
     async def party_of(self, identity: str, room: str) -> PartyRole | None:
         """``identity``'s role in ``room`` of an active call, or None if it is no party.
 
         A caller is a party of its call room (it joins a transfer room with
-        the grant the service's move instruction carries); an agent of the call room of a call assigned to it and of
-        the consult rooms of its transfers (as A or as B).
+        the grant the service's move instruction carries); an agent of the
+        call room of a call assigned to it and of the consult rooms of its
+        transfers (as A or as B).
         """
-        call = self._active_by_room(room)
+        call = await self._call_in(room)
         if call is None:
             return None
         if identity == call.caller and room == call.room:
@@ -161,41 +187,45 @@ class CallRegistry:
 
     async def is_call_room(self, room: str) -> bool:
         """Whether ``room`` is the call room of an active call."""
-        call = self._active_by_room(room)
+        call = await self._call_in(room)
         return call is not None and call.room == room
 
     async def open_consult(
         self, call_id: str, room: str, *, from_agent: str, to_agent: str
     ) -> None:
-        """Register ``room`` as a transfer room of the call, for A, B and (later) the caller."""
-        async with self._lock:
-            call = self._get(call_id)
+        """Register ``room`` as a transfer room of the call, for A, B and (later) the caller.
+
+        Raises:
+            NotFoundError: No such call.
+        """
+
+        def change(call: _Call) -> None:
             # Not a caller room yet: the caller joins it on standby and when
             # moved, with grants the service sends; it may not ask for one.
             call.consults[room] = (from_agent, to_agent)
-            self._by_room[room] = call_id
+
+        if await self._update(call_id, change) is None:
+            raise NotFoundError("call not found")
 
     async def close_consult(self, call_id: str, room: str) -> None:
         """The transfer in ``room`` ended without moving the call there."""
-        async with self._lock:
-            call = self._calls.get(call_id)
-            if call is None:
-                return
-            call.consults.pop(room, None)
-            if room != call.room and self._by_room.get(room) == call_id:
-                del self._by_room[room]
+        await self._update(call_id, lambda call: call.consults.pop(room, None) and None)
 
     async def hand_over(self, call_id: str, *, room: str, agent: str) -> CallInfo:
-        """The call now lives in ``room`` with ``agent`` (a completed transfer)."""
-        async with self._lock:
-            call = self._get(call_id)
-            old = call.room
+        """The call now lives in ``room`` with ``agent`` (a completed transfer).
+
+        Raises:
+            NotFoundError: No such call.
+        """
+
+        def change(call: _Call) -> None:
             call.consults.pop(room, None)
             call.room, call.agent = room, agent
-            self._by_room[room] = call_id
-            if old != room and self._by_room.get(old) == call_id:
-                del self._by_room[old]
-            return call.info()
+
+        call = await self._update(call_id, change)
+        if call is None:
+            raise NotFoundError("call not found")
+        return call.info()
 
     async def end(self, call_id: str) -> CallInfo:
         """Mark the call ended; its rooms admit nobody any more.
@@ -203,22 +233,192 @@ class CallRegistry:
         Raises:
             NotFoundError: No such call.
         """
-        async with self._lock:
-            call = self._get(call_id)
+        now = self._clock()
+
+        def change(call: _Call) -> None:
             if call.ended_at is None:
-                call.ended_at = self._clock()
-            for room in [call.room, *call.consults]:
-                if self._by_room.get(room) == call_id:
-                    del self._by_room[room]
-            return call.info()
+                call.ended_at = now
+
+        call = await self._update(call_id, change)
+        if call is None:
+            raise NotFoundError("call not found")
+        return call.info()
 
     async def calls(self, *, identity: str | None = None) -> list[CallInfo]:
         """Active calls; only those ``identity`` is a party of, when given."""
         out = []
-        for c in self._calls.values():
-            if c.ended_at is not None:
-                continue
+        for c in await self._active():
             agents = {c.agent} | {a for pair in c.consults.values() for a in pair}
             if identity is None or identity == c.caller or identity in agents:
                 out.append(c.info())
         return sorted(out, key=lambda c: c.created_at)
+
+
+def _check_limits(call: _Call, callers_call: _Call | None, by_requester: int) -> None:
+    if callers_call is not None and callers_call.ended_at is None:
+        raise TransferError(
+            "this caller already has an active call", details={"call_id": callers_call.call_id}
+        )
+    if call.created_by and by_requester >= MAX_ACTIVE_PER_REQUESTER:
+        raise TransferError("too many active calls created by this key")
+
+
+class MemoryCallRegistry(CallRegistry):
+    """The registry of one process (embedded mode, tests)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock=clock)
+        self._calls: dict[str, _Call] = {}
+        self._by_room: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    async def _insert(self, call: _Call) -> None:
+        async with self._lock:
+            self._forget_ended()
+            active = [c for c in self._calls.values() if c.ended_at is None]
+            callers = next((c for c in active if c.caller == call.caller), None)
+            by_requester = sum(1 for c in active if c.created_by == call.created_by)
+            _check_limits(call, callers, by_requester)
+            self._calls[call.call_id] = call
+            self._by_room[call.room] = call.call_id
+
+    def _forget_ended(self) -> None:
+        # Ended calls are kept a while for late status questions, not forever.
+        cutoff = self._clock() - ENDED_KEPT_S
+        for call_id in [k for k, c in self._calls.items() if c.ended_at and c.ended_at < cutoff]:
+            del self._calls[call_id]
+
+    async def _load(self, call_id: str) -> _Call | None:
+        call = self._calls.get(call_id)
+        return dataclasses.replace(call, consults=dict(call.consults)) if call else None
+
+    async def _call_in(self, room: str) -> _Call | None:
+        call_id = self._by_room.get(room)
+        return await self._load(call_id) if call_id is not None else None
+
+    async def _update(self, call_id: str, change: Callable[[_Call], None]) -> _Call | None:
+        async with self._lock:
+            call = self._calls.get(call_id)
+            if call is None:
+                return None
+            before = call.rooms
+            change(call)
+            for room in before - call.rooms:
+                if self._by_room.get(room) == call_id:
+                    del self._by_room[room]
+            for room in call.rooms:
+                self._by_room[room] = call_id
+            return dataclasses.replace(call, consults=dict(call.consults))
+
+    async def _active(self) -> list[_Call]:
+        return [c for c in self._calls.values() if c.ended_at is None]
+
+
+class RedisCallRegistry(CallRegistry):
+    """The registry every backend replica shares, in Redis.
+
+    Keys (under ``prefix``): ``call:<id>`` (JSON; expires once ended),
+    ``call-room:<room>`` (the active call of a room), ``caller-call:<caller>``,
+    ``calls:active`` and ``requester:<identity>`` (sets of active call ids).
+
+    Args:
+        url: ``redis://`` URL.
+        prefix: Key prefix shared with :class:`~softphone.server.state.RedisState`.
+        clock: Wall clock for timestamps.
+    """
+
+    def __init__(
+        self, *, url: str, prefix: str = "softphone:", clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(clock=clock)
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self._p = prefix
+
+    def _k(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    async def _insert(self, call: _Call) -> None:
+        caller_key = self._k("caller-call", call.caller)
+        requester_key = self._k("requester", call.created_by)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(caller_key, requester_key)
+                        held = await pipe.get(caller_key)
+                        callers = await self._load(str(held)) if held else None
+                        by_requester = await pipe.scard(requester_key) if call.created_by else 0
+                        _check_limits(call, callers, by_requester)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.set(self._k("call", call.call_id), call.to_json())
+                        pipe.set(self._k("call-room", call.room), call.call_id)
+                        pipe.set(caller_key, call.call_id)
+                        pipe.sadd(self._k("calls", "active"), call.call_id)
+                        if call.created_by:
+                            pipe.sadd(requester_key, call.call_id)
+                        await pipe.execute()
+                        return
+                    except WatchError:
+                        continue
+        except (RedisError, OSError) as exc:
+            raise StateError("Redis cannot be reached", retryable=True) from exc
+
+    async def _load(self, call_id: str) -> _Call | None:
+        raw = await self._get(self._k("call", call_id))
+        return _Call.from_json(raw) if raw else None
+
+    async def _call_in(self, room: str) -> _Call | None:
+        call_id = await self._get(self._k("call-room", room))
+        call = await self._load(call_id) if call_id else None
+        return call if call is not None and room in call.rooms else None
+
+    async def _get(self, key: str) -> str | None:
+        try:
+            value = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            raise StateError("Redis cannot be reached", retryable=True) from exc
+        return str(value) if value is not None else None
+
+    async def _update(self, call_id: str, change: Callable[[_Call], None]) -> _Call | None:
+        key = self._k("call", call_id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.get(key)
+                        if raw is None:
+                            return None
+                        call = _Call.from_json(str(raw))
+                        before = call.rooms
+                        change(call)
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.set(key, call.to_json())
+                        for room in before - call.rooms:
+                            pipe.delete(self._k("call-room", room))
+                        for room in call.rooms:
+                            pipe.set(self._k("call-room", room), call_id)
+                        if call.ended_at is not None:
+                            pipe.expire(key, int(ENDED_KEPT_S))
+                            pipe.srem(self._k("calls", "active"), call_id)
+                            pipe.srem(self._k("requester", str(call.created_by)), call_id)
+                            pipe.delete(self._k("caller-call", call.caller))
+                        await pipe.execute()
+                        return call
+                    except WatchError:
+                        continue
+        except (RedisError, OSError) as exc:
+            raise StateError("Redis cannot be reached", retryable=True) from exc
+
+    async def _active(self) -> list[_Call]:
+        try:
+            ids = sorted(await self._redis.smembers(self._k("calls", "active")))
+            raws = await self._redis.mget([self._k("call", str(i)) for i in ids]) if ids else []
+        except (RedisError, OSError) as exc:
+            raise StateError("Redis cannot be reached", retryable=True) from exc
+        calls = [_Call.from_json(str(r)) for r in raws if r]
+        return [c for c in calls if c.ended_at is None]
+
+    async def aclose(self) -> None:
+        """Disconnect."""
+        await self._redis.aclose()

@@ -70,9 +70,10 @@ from softphone.protocol import (
     TransferTicket,
 )
 from softphone.server.agent_directory import AgentDirectory
-from softphone.server.call_registry import CallRegistry, unguessable_room
+from softphone.server.call_registry import CallRegistry, MemoryCallRegistry, unguessable_room
 from softphone.server.command_signer import CommandSigner
 from softphone.server.room_admin import RoomAdmin
+from softphone.server.state import MemoryState, ServiceState, StateError
 from softphone.server.token_minter import TokenMinter, TokenRole
 from softphone.speech.summarizer import Summarizer, summarize_with_fallback
 from softphone.store.history import HistoryStore
@@ -107,6 +108,11 @@ ANNOUNCE_TIMEOUT_S = 15.0
 RPC_RETRY_S = 0.25
 # How long the caller's app may take to get on standby in the transfer room.
 STANDBY_DELIVERY_TIMEOUT_S = 15.0
+# A replica drives a transfer while it renews its lease; the lease lapses
+# this long after the replica stopped, and another replica takes over.
+LEASE_TTL_S = 2.0
+# How long a request forwarded to the replica driving a transfer may take.
+FORWARD_TIMEOUT_S = 15.0
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
 _WATCHED: tuple[Phase, ...] = ("preparing", "offering", "consulting")
 
@@ -118,13 +124,14 @@ class _Run:
     transfer: Transfer
     call_id: str
     decision: asyncio.Future[tuple[bool, str]]
-    changed: asyncio.Condition
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     hold: RtcSession | None = None
     hold_tone: TonePlayer | None = None
     intro_moved: bool = False
     # The caller's app said it waits in R2 (standby delivered).
     on_standby: bool = False
+    # Another replica holds the lease now (this one stalled): hands off.
+    lost: bool = False
 
 
 def _hold_identity(t: Transfer) -> str:
@@ -153,6 +160,10 @@ class TransferOrchestrator(TransferService):
             room this long after it was created counts as abandoned when the
             caller places a new one.
         signer: Signs every command sent to the apps (default: a new key).
+        state: Live state shared with the other replicas (default: this
+            process's memory).
+        lease_ttl_s: How soon after this replica stops another one takes
+            over its transfers.
         clock: Wall clock for timestamps.
     """
 
@@ -174,11 +185,15 @@ class TransferOrchestrator(TransferService):
         registry: CallRegistry | None = None,
         call_join_grace_s: float = CALL_JOIN_GRACE_S,
         signer: CommandSigner | None = None,
+        state: ServiceState | None = None,
+        lease_ttl_s: float = LEASE_TTL_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
+        self.state = state or MemoryState()
+        self._lease_ttl_s = lease_ttl_s
         self.signer = signer or CommandSigner()
-        self.registry = registry or CallRegistry(clock=clock)
+        self.registry = registry or MemoryCallRegistry(clock=clock)
         self._join_grace_s = call_join_grace_s
         self._url = url
         self._rooms = rooms
@@ -193,8 +208,8 @@ class TransferOrchestrator(TransferService):
         self._hold_audio = hold_audio
         self._history = history
         self._clock = clock
+        # The transfers this replica drives.
         self._runs: dict[str, _Run] = {}
-        self._active_rooms: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -239,13 +254,60 @@ class TransferOrchestrator(TransferService):
         """The signed payload of a command to ``to`` (an identity, or "*") in ``room``."""
         return self.signer.sign(method, to=to, room=room, body=body)
 
-    def _run(self, transfer_id: str) -> _Run:
+    def _local(self, transfer_id: str) -> _Run | None:
+        """The run of ``transfer_id`` if this replica drives it."""
         if not isinstance(transfer_id, str) or not transfer_id:
             raise ValidationError("transfer_id", "must not be empty")
         run = self._runs.get(transfer_id)
-        if run is None:
+        return run if run is not None and not run.lost else None
+
+    async def _forward(self, transfer_id: str, method: str, **args: str) -> Any:
+        """Run ``method`` on the replica that drives ``transfer_id``.
+
+        Raises:
+            NotFoundError: No such transfer.
+            TransferError: It is over, or being taken over (try again shortly).
+        """
+        owner = await self.state.lease_owner(transfer_id)
+        if owner is not None and owner != self.state.replica:
+            try:
+                return await self.state.forward(
+                    owner,
+                    method,
+                    {"transfer_id": transfer_id, **args},
+                    timeout_s=FORWARD_TIMEOUT_S,
+                )
+            except NotFoundError:
+                pass  # the replica is gone; its lease lapses shortly
+        held = await self.state.get_transfer(transfer_id)
+        if held is None:
             raise NotFoundError("transfer not found", details={"transfer_id": transfer_id})
-        return run
+        if not held[0].active:
+            raise TransferError(f"the transfer is over ({held[0].phase})")
+        raise TransferError(
+            "the transfer is being taken over by another replica; try again",
+            retryable=True,
+            details={"transfer_id": transfer_id},
+        )
+
+    async def _serve(self, method: str, args: dict[str, Any]) -> Any:
+        """A request another replica forwarded for a transfer this one drives."""
+        transfer_id, agent = str(args.get("transfer_id", "")), str(args.get("agent", ""))
+        if self._local(transfer_id) is None:
+            raise NotFoundError("transfer not found", details={"transfer_id": transfer_id})
+        if method == "accept":
+            return (await self.accept(transfer_id, agent=agent)).to_dict()
+        if method == "decline":
+            reason = str(args.get("reason", ""))
+            return (await self.decline(transfer_id, agent=agent, reason=reason)).to_dict()
+        if method == "complete":
+            return (await self.complete(transfer_id, agent=agent)).to_dict()
+        if method == "cancel":
+            return (await self.cancel(transfer_id, agent=agent)).to_dict()
+        if method == "end_call":
+            await self._end_running(transfer_id)
+            return None
+        raise NotFoundError("no such request", details={"method": method})
 
     async def _close_room(self, room: str, *, sweep: bool = True) -> None:
         """Remove everyone, then delete the room.
@@ -286,8 +348,12 @@ class TransferOrchestrator(TransferService):
     async def _changed(self, run: _Run, *, from_agent: str = "", to_agent: str = "") -> None:
         t = run.transfer
         snap = t.snapshot()
-        async with run.changed:
-            run.changed.notify_all()
+        try:
+            await self.state.put_transfer(snap, call_id=run.call_id)
+        except StateError:
+            log.warning(
+                "could not share the transfer's state", extra={"transfer_id": t.transfer_id}
+            )
         self.emit("transfer_changed", snap)
         log.info(
             "transfer step",
@@ -328,7 +394,7 @@ class TransferOrchestrator(TransferService):
             )
 
     async def _step(self, run: _Run, phase: Phase, note: str = "") -> bool:
-        if not run.transfer.can(phase):
+        if run.lost or not run.transfer.can(phase):
             return False
         run.transfer.advance(phase, at=self._clock(), note=note)
         await self._changed(run)
@@ -360,17 +426,18 @@ class TransferOrchestrator(TransferService):
             raise NotFoundError("call not found", details={"field": "call_room"})
         if req.caller != call.caller:
             raise ValidationError("caller", "is not the caller of this call")
-        if req.call_room in self._active_rooms:
+        transfer_id = uuid.uuid4().hex[:16]
+        running = await self.state.claim_room(req.call_room, transfer_id)
+        if running is not None:
             raise TransferError(
                 "a transfer of this call is already running",
-                details={"transfer_id": self._active_rooms[req.call_room]},
+                details={"transfer_id": running},
             )
-        transfer_id = uuid.uuid4().hex[:16]
-        self._active_rooms[req.call_room] = transfer_id
         try:
             await self._check_parties(req)
+            await self.state.take_lease(transfer_id, self._lease_ttl_s)
         except BaseException:
-            self._active_rooms.pop(req.call_room, None)
+            await self.state.free_room(req.call_room, transfer_id)
             raise
         transfer = Transfer(
             transfer_id=transfer_id,
@@ -386,7 +453,6 @@ class TransferOrchestrator(TransferService):
             transfer=transfer,
             call_id=call.call_id,
             decision=asyncio.get_running_loop().create_future(),
-            changed=asyncio.Condition(),
         )
         self._runs[transfer_id] = run
         try:
@@ -663,8 +729,10 @@ class TransferOrchestrator(TransferService):
 
     async def accept(self, transfer_id: str, *, agent: str) -> TokenGrant:
         """See :meth:`TransferService.accept`."""
-        run = self._run(transfer_id)
         validate_identity(agent, "agent")
+        run = self._local(transfer_id)
+        if run is None:
+            return TokenGrant.from_dict(await self._forward(transfer_id, "accept", agent=agent))
         t = run.transfer
         if agent != t.to_agent:
             raise TransferError("only the agent offered the call may accept it")
@@ -675,10 +743,14 @@ class TransferOrchestrator(TransferService):
 
     async def decline(self, transfer_id: str, *, agent: str, reason: str = "") -> TransferSnapshot:
         """See :meth:`TransferService.decline`."""
-        run = self._run(transfer_id)
         validate_identity(agent, "agent")
         if not isinstance(reason, str) or len(reason) > 500:
             raise ValidationError("reason", "must be text of at most 500 characters")
+        run = self._local(transfer_id)
+        if run is None:
+            return TransferSnapshot.from_dict(
+                await self._forward(transfer_id, "decline", agent=agent, reason=reason)
+            )
         t = run.transfer
         if agent != t.to_agent:
             raise TransferError("only the agent offered the call may decline it")
@@ -693,8 +765,12 @@ class TransferOrchestrator(TransferService):
 
     async def complete(self, transfer_id: str, *, agent: str) -> TransferSnapshot:
         """See :meth:`TransferService.complete`."""
-        run = self._run(transfer_id)
         validate_identity(agent, "agent")
+        run = self._local(transfer_id)
+        if run is None:
+            return TransferSnapshot.from_dict(
+                await self._forward(transfer_id, "complete", agent=agent)
+            )
         t = run.transfer
         if agent != t.from_agent:
             raise TransferError("only the transferring agent may complete the transfer")
@@ -886,8 +962,12 @@ class TransferOrchestrator(TransferService):
 
     async def cancel(self, transfer_id: str, *, agent: str) -> TransferSnapshot:
         """See :meth:`TransferService.cancel`."""
-        run = self._run(transfer_id)
         validate_identity(agent, "agent")
+        run = self._local(transfer_id)
+        if run is None:
+            return TransferSnapshot.from_dict(
+                await self._forward(transfer_id, "cancel", agent=agent)
+            )
         t = run.transfer
         if agent != t.from_agent:
             raise TransferError("only the transferring agent may cancel the transfer")
@@ -918,7 +998,7 @@ class TransferOrchestrator(TransferService):
     async def _give_back(self, run: _Run, reason: EndReason) -> None:
         t = run.transfer
         was = t.phase
-        if not t.can("returned"):
+        if run.lost or not t.can("returned"):
             return
         t.give_back(reason, at=self._clock())
         if not run.decision.done():
@@ -933,7 +1013,7 @@ class TransferOrchestrator(TransferService):
     async def _end(self, run: _Run, reason: EndReason) -> None:
         t = run.transfer
         was = t.phase
-        if not t.can("ended"):
+        if run.lost or not t.can("ended"):
             return
         t.end(reason, at=self._clock())
         if not run.decision.done():
@@ -951,8 +1031,10 @@ class TransferOrchestrator(TransferService):
     async def _release(self, run: _Run) -> None:
         """The transfer is over: free its call for the next one and settle the registry."""
         t = run.transfer
-        if self._active_rooms.get(t.call_room) == t.transfer_id:
-            del self._active_rooms[t.call_room]
+        self._runs.pop(t.transfer_id, None)
+        with contextlib.suppress(StateError):
+            await self.state.free_room(t.call_room, t.transfer_id)
+            await self.state.drop_lease(t.transfer_id)
         if t.phase == "completed":
             room = t.call_room if t.strategy == "bring_agent" else t.new_room
             await self.registry.close_consult(run.call_id, t.new_room)
@@ -1002,19 +1084,45 @@ class TransferOrchestrator(TransferService):
 
     async def status(self, transfer_id: str) -> TransferSnapshot:
         """See :meth:`TransferService.status`."""
-        return self._run(transfer_id).transfer.snapshot()
+        run = self._local(transfer_id)
+        if run is not None:
+            return run.transfer.snapshot()
+        held = await self.state.get_transfer(transfer_id)
+        if held is None:
+            raise NotFoundError("transfer not found", details={"transfer_id": transfer_id})
+        return held[0]
 
     async def wait_for_change(
         self, transfer_id: str, *, after_version: int, timeout_s: float = 10.0
     ) -> TransferSnapshot:
-        """See :meth:`TransferService.wait_for_change`."""
-        run = self._run(transfer_id)
+        """See :meth:`TransferService.wait_for_change`.
+
+        Whichever replica drives the transfer, its changes reach every
+        replica as events, so any replica answers.
+        """
         if not 0 <= timeout_s <= 60:
             raise ValidationError("timeout_s", "must be between 0 and 60")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s), run.changed:
-                await run.changed.wait_for(lambda: run.transfer.version > after_version)
-        return run.transfer.snapshot()
+        changed = asyncio.Event()
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("type") == "transfer" and (
+                event.get("transfer", {}).get("transfer_id") == transfer_id
+            ):
+                changed.set()
+
+        unsubscribe = self.state.on_event(on_event)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                changed.clear()
+                snap = await self.status(transfer_id)
+                left = deadline - time.monotonic()
+                if snap.version > after_version or left <= 0:
+                    return snap
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+        finally:
+            unsubscribe()
 
     async def list_agents(self) -> list[AgentEntry]:
         """See :meth:`TransferService.list_agents`."""
@@ -1086,7 +1194,9 @@ class TransferOrchestrator(TransferService):
             call = await self.registry.get(call_id)
         except NotFoundError:
             return True
-        if self._clock() - call.created_at < self._join_grace_s or call.room in self._active_rooms:
+        if self._clock() - call.created_at < self._join_grace_s or await self.state.room_transfer(
+            call.room
+        ):
             return False
         try:
             if call.caller in await self._present(call.room):
@@ -1130,17 +1240,25 @@ class TransferOrchestrator(TransferService):
             return await self.registry.calls()
         return await self.registry.calls(identity=identity)
 
+    async def _end_running(self, transfer_id: str) -> None:
+        run = self._local(transfer_id)
+        if run is not None:
+            async with run.lock:
+                await self._end(run, EndReason("caller_left", "the call was ended"))
+
     async def end_call(self, call_id: str, *, identity: str) -> CallInfo:
         """See :meth:`TransferService.end_call`."""
         validate_identity(identity)
         call = await self.registry.get(call_id)
         if identity not in (call.caller, call.agent) or not call.active:
             raise NotFoundError("call not found")
-        running = self._active_rooms.get(call.room)
-        run = self._runs.get(running) if running is not None else None
-        if run is not None:
-            async with run.lock:
-                await self._end(run, EndReason("caller_left", "the call was ended"))
+        running = await self.state.room_transfer(call.room)
+        if running is not None:
+            if self._local(running) is not None:
+                await self._end_running(running)
+            else:
+                with contextlib.suppress(SoftphoneError):
+                    await self._forward(running, "end_call")
         ended = await self.registry.end(call_id)
         await asyncio.gather(*(self._close_room(r) for r in (call.room, *call.consult_rooms)))
         if self._history is not None:
@@ -1156,12 +1274,87 @@ class TransferOrchestrator(TransferService):
             lobby_room=self.directory.lobby_room,
         )
 
+    # ---- replicas ------------------------------------------------------------
+
+    async def start(self) -> TransferOrchestrator:
+        """Share the state with the other replicas: answer their requests, keep
+        this replica's leases alive, and take over transfers whose replica stopped.
+        """
+        self.state.serve_requests(self._serve)
+        await self.state.start()
+        self._spawn(self._keep_leases())
+        return self
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the transfers this replica drives; adopt orphans."""
+        while True:
+            await asyncio.sleep(self._lease_ttl_s / 4)
+            try:
+                running = [tid for tid, run in self._runs.items() if not run.lost]
+                for transfer_id in await self.state.renew_leases(running, self._lease_ttl_s):
+                    # This replica stalled past its lease; another one drives it now.
+                    log.warning("lost the lease of a transfer", extra={"transfer_id": transfer_id})
+                    if (run := self._runs.pop(transfer_id, None)) is not None:
+                        run.lost = True
+                for transfer_id in await self.state.orphans():
+                    if await self.state.take_lease(transfer_id, self._lease_ttl_s):
+                        self._spawn(self._take_over(transfer_id))
+            except StateError:
+                log.warning("the shared state cannot be reached")
+
+    async def _take_over(self, transfer_id: str) -> None:
+        """Finish a transfer whose replica stopped, or return the caller to A.
+
+        Nothing of the old replica's work is trusted but what LiveKit shows:
+        a caller already talking in R2 is handed to B (completed); a caller
+        still in R1 goes back to A (returned, ``network``); a caller in
+        neither room hung up (ended). Either way R2 closes unless the call
+        now lives there, and the hold participant goes.
+        """
+        held = await self.state.get_transfer(transfer_id)
+        if held is None or not held[0].active:
+            with contextlib.suppress(StateError):
+                await self.state.drop_lease(transfer_id)
+                if held is not None:
+                    await self.state.free_room(held[0].call_room, transfer_id)
+            return
+        snap, call_id = held
+        log.warning(
+            "taking over a transfer", extra={"transfer_id": transfer_id, "phase": snap.phase}
+        )
+        run = _Run(
+            transfer=Transfer.restore(snap),
+            call_id=call_id,
+            decision=asyncio.get_running_loop().create_future(),
+        )
+        self._runs[transfer_id] = run
+        t = run.transfer
+        with contextlib.suppress(SoftphoneError):
+            await self._rooms.remove_participant(t.call_room, _hold_identity(t))
+        async with run.lock:
+            if t.phase == "completing" and t.caller in await self._publishing(t.new_room):
+                t.set_strategy(t.strategy or "move_caller")
+                await self._finish(run)
+            elif t.caller in await self._present(t.call_room):
+                await self._give_back(
+                    run, EndReason("network", "the service replica running it stopped")
+                )
+            else:
+                await self._end(run, EndReason("caller_left"))
+
     async def aclose(self) -> None:
-        """Cancel background work and stop hold audio (rooms are left as they are)."""
+        """Cancel background work and stop hold audio (rooms are left as they are).
+
+        The leases of unfinished transfers are given up, so that another
+        replica takes them over at once.
+        """
         self._closed = True
         tasks, self._tasks = list(self._tasks), set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for run in self._runs.values():
+        for run in list(self._runs.values()):
             await self._stop_hold(run)
+            with contextlib.suppress(StateError):
+                await self.state.drop_lease(run.transfer.transfer_id)
+        await self.state.aclose()
