@@ -87,3 +87,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_EXIT_STATUS[-1])
+
+
+# ---- Redis ----
+from softphone.infra.redis_server import LocalRedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+async def redis_server(artifacts_dir: Path) -> AsyncIterator[LocalRedisServer]:
+    """A real redis-server (Debian's) on a free loopback port, with a random password."""
+    async with LocalRedisServer(log_path=artifacts_dir / "redis-server.log") as server:
+        yield server
+

@@ -7,6 +7,12 @@ and it is stopped with SIGTERM (SIGKILL after a grace period). On Linux the
 child gets SIGKILL if this process dies, so no server outlives the app (a dev
 server has no state worth a graceful stop, and livekit-server 1.13.5 can hang
 on a SIGTERM that arrives while it is still starting).
+
+Several servers on one Redis make a multi-node deployment (LiveKit's own
+routing): give each the same ``redis_address``, ``redis_password``,
+``api_key`` and ``api_secret``. The Redis password, like the API secret, is
+handed over in the environment, which only this user can read, never on the
+command line.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ log = logging.getLogger(__name__)
 
 DEV_API_KEY = "devkey"
 _PR_SET_PDEATHSIG = 1
+# livekit-server reads these from the environment and lets them override the
+# config: an inherited one would silently join a server to someone else's Redis.
+_OVERRIDING_ENV = ("REDIS_HOST", "REDIS_PASSWORD", "NODE_IP", "UDP_PORT", "LIVEKIT_REGION")
+# Every node of a local cluster runs on the same machine and sees the same
+# load: dropping "overloaded" nodes would only make placement random.
+_NO_SYSLOAD_LIMIT = 1_000_000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,15 @@ class ServerPorts:
     signal: int
     rtc_tcp: int
     rtc_udp: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """A region of a multi-node deployment and where it is (for LiveKit's distances)."""
+
+    name: str
+    lat: float
+    lon: float
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -89,6 +110,8 @@ def server_config(
     redis_address: str | None = None,
     webhook_urls: Sequence[str] = (),
     api_key: str = DEV_API_KEY,
+    region: str | None = None,
+    regions: Sequence[Region] = (),
 ) -> str:
     """The YAML config body for a loopback-only dev server on ``ports``.
 
@@ -98,9 +121,16 @@ def server_config(
         node_ip: The address advertised to clients for media (default
             ``host``); e.g. a relay's that forwards to ``host``.
         redis_address: ``host:port`` of the Redis that makes this server one
-            node of a multi-node deployment (LiveKit's own routing).
+            node of a multi-node deployment (LiveKit's own routing). Its
+            password, if any, goes in the environment (``REDIS_PASSWORD``).
         webhook_urls: Where the server POSTs its webhooks, signed with ``api_key``.
         api_key: The key webhooks are signed with.
+        region: This node's region.
+        regions: With ``region``, every region of the deployment: a new room
+            then goes to a node in the region nearest to the node asked to
+            create it (LiveKit's ``regionaware`` node selector), so in a
+            cluster with one node per region, to that very node. Without
+            them LiveKit places a room on a node picked at random.
     """
     body = (
         f"port: {ports.signal}\n"
@@ -116,6 +146,22 @@ def server_config(
     )
     if redis_address:
         body += f"redis:\n  address: {redis_address}\n"
+    if region:
+        body += f"region: {json.dumps(region)}\n"
+    if region and regions:
+        if region not in {r.name for r in regions}:
+            raise LocalServerError(f"region {region!r} is not one of the regions given")
+        sites = "".join(
+            f"    - {{name: {json.dumps(r.name)}, lat: {r.lat}, lon: {r.lon}}}\n" for r in regions
+        )
+        body += (
+            "node_selector:\n"
+            "  kind: regionaware\n"
+            "  sort_by: random\n"
+            "  algorithm: lowest\n"
+            f"  sysload_limit: {_NO_SYSLOAD_LIMIT}\n"
+            "  regions:\n" + sites
+        )
     if webhook_urls:
         urls = ", ".join(json.dumps(u) for u in webhook_urls)
         body += f"webhook:\n  api_key: {api_key}\n  urls: [{urls}]\n"
@@ -126,7 +172,8 @@ class LocalLiveKitServer:
     """One ``livekit-server --dev`` on free loopback ports.
 
     The server gets API key ``devkey`` and a random secret made for this
-    instance (``api_key``, ``api_secret``).
+    instance (``api_key``, ``api_secret``), unless they are given (the nodes
+    of one deployment share them).
 
     Use as ``async with LocalLiveKitServer(binary=...) as server:``; the server
     is ready (its HTTP endpoint answers) when the block starts and stopped,
@@ -141,8 +188,14 @@ class LocalLiveKitServer:
         node_ip: Media address advertised to clients (default ``host``).
         redis_address: ``host:port`` of a Redis: this server is then one node
             of a multi-node deployment (the same Redis on every node).
+        redis_password: That Redis's password.
         webhook_urls: Where the server sends its webhooks.
         ports: Fixed ports (default: free ones picked at start).
+        api_key: The API key (default ``devkey``).
+        api_secret: The API secret (default: a new random one).
+        region: This node's region (see :func:`server_config`).
+        regions: The deployment's regions: a room goes to the node in the
+            region nearest to the node asked to create it.
     """
 
     def __init__(
@@ -156,20 +209,36 @@ class LocalLiveKitServer:
         redis_address: str | None = None,
         webhook_urls: Sequence[str] = (),
         ports: ServerPorts | None = None,
+        redis_password: Secret | None = None,
+        api_key: str = DEV_API_KEY,
+        api_secret: Secret | None = None,
+        region: str | None = None,
+        regions: Sequence[Region] = (),
     ) -> None:
+        if redis_password is not None and not redis_address:
+            raise LocalServerError("a Redis password was given without a Redis address")
+        if region and regions and region not in {r.name for r in regions}:
+            raise LocalServerError(f"region {region!r} is not one of the regions given")
+        if api_secret is not None and len(api_secret.get()) < 32:
+            # livekit-server refuses shorter secrets outside dev mode; a weak
+            # one would let anyone who guesses it mint tokens.
+            raise LocalServerError("the API secret must be at least 32 characters")
         self._binary = binary
         self._node_ip = node_ip
         self._redis_address = redis_address
+        self._redis_password = redis_password
+        self._region = region
+        self._regions = tuple(regions)
         self._webhook_urls = tuple(webhook_urls)
         self._fixed_ports = ports
         self._log_path = log_path
         self._host = host
         self._ready_timeout = ready_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self.api_key = DEV_API_KEY
+        self.api_key = api_key
         # A fresh strong secret per server, so that nobody else on the machine
         # can mint tokens for it (dev mode's placeholder "secret" is public).
-        self.api_secret = Secret(secrets.token_urlsafe(32))
+        self.api_secret = api_secret or Secret(secrets.token_urlsafe(32))
         self.ports: ServerPorts | None = None
         self.startup_seconds: float | None = None
 
@@ -243,11 +312,13 @@ class LocalLiveKitServer:
                         redis_address=self._redis_address,
                         webhook_urls=self._webhook_urls,
                         api_key=self.api_key,
+                        region=self._region,
+                        regions=self._regions,
                     ),
                 ],
                 stdin=subprocess.DEVNULL,
-                # Keys go through the environment, not argv, which any local user can read.
-                env={**os.environ, "LIVEKIT_KEYS": f"{self.api_key}: {self.api_secret.get()}"},
+                # Secrets go through the environment, not argv, which any local user can read.
+                env=self._environment(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -280,6 +351,13 @@ class LocalLiveKitServer:
             "local LiveKit server ready",
             extra={"url": self.url, "ms": round(self.startup_seconds * 1000)},
         )
+
+    def _environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _OVERRIDING_ENV}
+        env["LIVEKIT_KEYS"] = f"{self.api_key}: {self.api_secret.get()}"
+        if self._redis_password is not None:
+            env["REDIS_PASSWORD"] = self._redis_password.get()
+        return env
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of the server's log, for error messages."""

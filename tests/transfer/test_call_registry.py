@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
+from collections.abc import AsyncIterator
 
 import pytest
 
 from softphone.errors import TransferError
+from softphone.infra.redis_server import LocalRedisServer
 from softphone.protocol import TransferRequest
-from softphone.server.call_registry import MAX_ACTIVE_PER_REQUESTER, CallRegistry
+from softphone.server.call_registry import (
+    MAX_ACTIVE_PER_REQUESTER,
+    CallRegistry,
+    MemoryCallRegistry,
+    RedisCallRegistry,
+)
 from tests.transfer.conftest import (
     CALL_JOIN_GRACE_S,
     TransferEnv,
@@ -132,9 +140,26 @@ class _Ended:
         await self._env.service_for(self._who).end_call(self._id, identity=self._who)
 
 
-@pytest.mark.unit
-async def test_registry_follows_a_call_through_a_transfer() -> None:
-    reg = CallRegistry(clock=lambda: 100.0)
+@pytest.fixture(params=["memory", "redis"])
+async def registries(
+    request: pytest.FixtureRequest, redis_server: LocalRedisServer
+) -> AsyncIterator[list[CallRegistry]]:
+    """Two registries sharing their calls: one process's, or two replicas' on one Redis."""
+    if request.param == "memory":
+        reg = MemoryCallRegistry()
+        yield [reg, reg]
+        return
+    prefix = f"test-{secrets.token_hex(4)}:"
+    regs = [RedisCallRegistry(url=redis_server.url, prefix=prefix) for _ in range(2)]
+    yield list(regs)
+    for reg in regs:
+        await reg.aclose()
+
+
+async def test_registry_follows_a_call_through_a_transfer(
+    registries: list[CallRegistry],
+) -> None:
+    reg, other = registries
     call = await reg.create(caller="caller-u", agent="agent-a")
     assert await reg.party_of("caller-u", call.room) == "caller"
     assert await reg.party_of("agent-a", call.room) == "agent"
@@ -150,14 +175,19 @@ async def test_registry_follows_a_call_through_a_transfer() -> None:
     assert await reg.party_of("caller-u", xfer) == "caller"
     assert await reg.party_of("agent-a", xfer) is None
     assert await reg.party_of("agent-a", call.room) is None
-    await reg.end(call.call_id)
+    # Another replica sees the same.
+    assert await other.party_of("caller-u", xfer) == "caller"
+    assert [c.call_id for c in await other.calls(identity="agent-b")] == [call.call_id]
+    await other.end(call.call_id)
     assert await reg.party_of("caller-u", xfer) is None
     assert await reg.calls() == []
+    assert (await reg.get(call.call_id)).ended_at is not None
 
 
-@pytest.mark.unit
-async def test_one_key_cannot_fill_the_registry_with_calls() -> None:
-    reg = CallRegistry()
+async def test_one_key_cannot_fill_the_registry_with_calls(
+    registries: list[CallRegistry],
+) -> None:
+    reg, _ = registries
     for n in range(MAX_ACTIVE_PER_REQUESTER):
         await reg.create(caller=f"caller-f{n}", agent="agent-a", requester="agent-x")
     with pytest.raises(TransferError):
@@ -167,3 +197,51 @@ async def test_one_key_cannot_fill_the_registry_with_calls() -> None:
     first = (await reg.calls(identity="caller-f0"))[0]
     await reg.end(first.call_id)
     await reg.create(caller="caller-one-more", agent="agent-a", requester="agent-x")
+
+
+async def test_replicas_racing_for_one_caller_create_one_call(
+    registries: list[CallRegistry],
+) -> None:
+    """Two replicas asked at once for calls of one caller: one wins, none is lost."""
+    results = await asyncio.gather(
+        *(
+            registries[n % 2].create(caller="caller-race", agent="agent-a", requester="agent-a")
+            for n in range(10)
+        ),
+        return_exceptions=True,
+    )
+    made = [r for r in results if not isinstance(r, BaseException)]
+    assert len(made) == 1
+    assert all(isinstance(r, TransferError) for r in results if isinstance(r, BaseException))
+    assert [c.call_id for c in await registries[1].calls(identity="caller-race")] == [
+        made[0].call_id
+    ]
+
+
+async def test_replicas_racing_keep_the_per_key_limit(registries: list[CallRegistry]) -> None:
+    over = 8
+    results = await asyncio.gather(
+        *(
+            registries[n % 2].create(caller=f"caller-lim{n}", agent="agent-a", requester="gw-x")
+            for n in range(MAX_ACTIVE_PER_REQUESTER + over)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == MAX_ACTIVE_PER_REQUESTER
+
+
+async def test_concurrent_changes_of_one_call_are_all_kept(registries: list[CallRegistry]) -> None:
+    """Consult rooms opened at once on two replicas: both stay (no lost update)."""
+    call = await registries[0].create(caller="caller-cc", agent="agent-a")
+    rooms = [f"xfer-{n:032x}" for n in range(12)]
+    await asyncio.gather(
+        *(
+            registries[n % 2].open_consult(
+                call.call_id, room, from_agent="agent-a", to_agent=f"agent-b{n}"
+            )
+            for n, room in enumerate(rooms)
+        )
+    )
+    assert set((await registries[1].get(call.call_id)).consult_rooms) == set(rooms)
+    for n, room in enumerate(rooms):
+        assert await registries[0].party_of(f"agent-b{n}", room) == "agent"
