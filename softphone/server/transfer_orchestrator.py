@@ -132,6 +132,8 @@ class _Run:
     on_standby: bool = False
     # Another replica holds the lease now (this one stalled): hands off.
     lost: bool = False
+    # Set when LiveKit reports a change in R1 or R2 (webhooks): look now.
+    poke: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 def _hold_identity(t: Transfer) -> str:
@@ -338,6 +340,33 @@ class TransferOrchestrator(TransferService):
                 if await self._rooms.list_rooms([room]):
                     log.info("a closed room came back; closing it again")
                     await self._close_room(room, sweep=False)
+
+    @staticmethod
+    async def _nap(run: _Run, seconds: float) -> None:
+        """Sleep up to ``seconds``, waking at once when LiveKit reports a change."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.poke.wait(), seconds)
+        run.poke.clear()
+
+    def _on_state_event(self, event: dict[str, Any]) -> None:
+        """A room event (from LiveKit's webhooks, via any replica) wakes the transfers there."""
+        if event.get("type") != "room":
+            return
+        room = event.get("room")
+        for run in self._runs.values():
+            if room in (run.transfer.call_room, run.transfer.new_room):
+                run.poke.set()
+
+    async def room_event(self, kind: str, *, room: str, identity: str = "") -> None:
+        """Tell every replica what LiveKit reported (a verified webhook) about ``room``.
+
+        Rooms and participants change under the transfers: the replica that
+        drives one in ``room`` looks at once instead of at its next poll,
+        which remains only as a slow safety net.
+        """
+        await self.state.publish(
+            {"type": "room", "event": kind, "room": room, "identity": identity}
+        )
 
     async def _present(self, room: str) -> set[str]:
         try:
@@ -715,7 +744,7 @@ class TransferOrchestrator(TransferService):
         while t.phase == "offering" and time.monotonic() < deadline:
             if t.to_agent in await self._present(t.new_room):
                 break
-            await asyncio.sleep(self._poll_s / 2)
+            await self._nap(run, self._poll_s / 2)
         async with run.lock:
             if t.phase != "offering":
                 return
@@ -1038,18 +1067,26 @@ class TransferOrchestrator(TransferService):
         if t.phase == "completed":
             room = t.call_room if t.strategy == "bring_agent" else t.new_room
             await self.registry.close_consult(run.call_id, t.new_room)
-            await self.registry.hand_over(run.call_id, room=room, agent=t.to_agent)
+            await self._call_event(
+                "handed_over",
+                await self.registry.hand_over(run.call_id, room=room, agent=t.to_agent),
+            )
         elif t.phase == "ended":
-            await self.registry.end(run.call_id)
+            await self._call_event("ended", await self.registry.end(run.call_id))
         else:
             await self.registry.close_consult(run.call_id, t.new_room)
+
+    async def _call_event(self, change: str, call: CallInfo) -> None:
+        """Tell every replica's event streams that a call was created, handed over or ended."""
+        with contextlib.suppress(StateError):
+            await self.state.publish({"type": "call", "change": change, "call": call.to_dict()})
 
     async def _watch(self, run: _Run) -> None:
         """Notice the caller hanging up and B leaving the consult."""
         t = run.transfer
         misses = 0
         while t.active:
-            await asyncio.sleep(self._poll_s)
+            await self._nap(run, self._poll_s)
             if t.phase == "completing" and not run.intro_moved:
                 continue  # the caller is between rooms; the move itself watches it
             try:
@@ -1178,6 +1215,7 @@ class TransferOrchestrator(TransferService):
                 await self._history.start_call(call.room, call_id=call.call_id)
             except SoftphoneError:
                 log.exception("could not write the call to history")
+        await self._call_event("created", call)
         role: TokenRole = "agent" if requester == agent else "caller"
         token = self._grant(role, agent if role == "agent" else caller, call.room)
         self._spawn(self._announce(call))
@@ -1260,6 +1298,7 @@ class TransferOrchestrator(TransferService):
                 with contextlib.suppress(SoftphoneError):
                     await self._forward(running, "end_call")
         ended = await self.registry.end(call_id)
+        await self._call_event("ended", ended)
         await asyncio.gather(*(self._close_room(r) for r in (call.room, *call.consult_rooms)))
         if self._history is not None:
             with contextlib.suppress(SoftphoneError):
@@ -1281,6 +1320,7 @@ class TransferOrchestrator(TransferService):
         this replica's leases alive, and take over transfers whose replica stopped.
         """
         self.state.serve_requests(self._serve)
+        self.state.on_event(self._on_state_event)
         await self.state.start()
         self._spawn(self._keep_leases())
         return self
