@@ -13,6 +13,8 @@ import pytest
 
 from softphone.config import Secret
 from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.postgres_server import LocalPostgres
+from softphone.infra.redis_server import LocalRedisServer
 from softphone.infra.server_binary import ensure_server_binary
 from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter
@@ -89,13 +91,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     os._exit(_EXIT_STATUS[-1])
 
 
-# ---- Redis ----
-from softphone.infra.redis_server import LocalRedisServer  # noqa: E402
-
-
 @pytest.fixture(scope="session")
 async def redis_server(artifacts_dir: Path) -> AsyncIterator[LocalRedisServer]:
     """A real redis-server (Debian's) on a free loopback port, with a random password."""
     async with LocalRedisServer(log_path=artifacts_dir / "redis-server.log") as server:
         yield server
 
+
+@pytest.fixture(scope="session")
+async def postgres(artifacts_dir: Path) -> AsyncIterator[LocalPostgres]:
+    """A real PostgreSQL 15 (Debian's) in a private directory on a free loopback port."""
+    async with LocalPostgres(log_path=artifacts_dir / "postgres.log") as server:
+        yield server

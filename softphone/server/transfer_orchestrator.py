@@ -76,7 +76,7 @@ from softphone.server.room_admin import RoomAdmin
 from softphone.server.state import MemoryState, ServiceState, StateError
 from softphone.server.token_minter import TokenMinter, TokenRole
 from softphone.speech.summarizer import Summarizer, summarize_with_fallback
-from softphone.store.history import HistoryStore
+from softphone.store.custody import CustodyLog
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class TransferOrchestrator(TransferService):
         join_timeout_s: float = 10.0,
         poll_interval_s: float = 0.25,
         hold_audio: bool = True,
-        history: HistoryStore | None = None,
+        history: CustodyLog | None = None,
         registry: CallRegistry | None = None,
         call_join_grace_s: float = CALL_JOIN_GRACE_S,
         signer: CommandSigner | None = None,
@@ -1213,6 +1213,10 @@ class TransferOrchestrator(TransferService):
         if self._history is not None:
             try:
                 await self._history.start_call(call.room, call_id=call.call_id)
+                await self._history.add_participant(call.call_id, call.caller, "caller")
+                await self._history.add_participant(call.call_id, call.agent, "agent")
+                if requester not in (call.caller, call.agent):
+                    await self._history.add_participant(call.call_id, requester, "creator")
             except SoftphoneError:
                 log.exception("could not write the call to history")
         await self._call_event("created", call)
