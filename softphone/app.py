@@ -19,14 +19,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import logging.handlers
-import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from softphone import __version__
@@ -34,6 +31,8 @@ from softphone.config import FIELDS, Secret, Settings, load_settings
 from softphone.errors import ConfigError, SoftphoneError
 from softphone.infra.local_server import LocalLiveKitServer
 from softphone.infra.server_binary import ensure_server_binary
+from softphone.logs import PrivateRotatingLog as PrivateRotatingLog  # was defined here
+from softphone.logs import setup_logging
 from softphone.media.recording import repair_directory
 from softphone.protocol import TransferService
 from softphone.server.token_minter import TokenMinter
@@ -102,34 +101,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         )
     }
     return load_settings(overrides)
-
-
-class PrivateRotatingLog(logging.handlers.RotatingFileHandler):
-    """The profile's log file: 0600 from its creation, rotated at 5 MB (3 kept)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
-        os.chmod(path, 0o600)  # an older, wider file is tightened
-
-    def _open(self) -> Any:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        return open(fd, "a", encoding=self.encoding)
-
-
-def setup_logging(settings: Settings) -> None:
-    """Log to stderr and to the profile's log file."""
-    settings.ensure_dirs()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root = logging.getLogger()
-    root.setLevel(settings.log_level)
-    for handler in (
-        logging.StreamHandler(),
-        PrivateRotatingLog(settings.logs_dir / "softphone.log"),
-    ):
-        handler.setFormatter(fmt)
-        root.addHandler(handler)
-    # httpx logs every request at INFO; URLs are noise in the agent's log.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 async def run_server(settings: Settings, room: str) -> None:

@@ -19,34 +19,47 @@ a 422, which only ``/v1/speech`` uses, for audio it cannot take), and a
 client error is never a 5xx. Before any route runs, :class:`BodyGuard`
 bounds the body (size, JSON nesting depth, digits of a number), so a hostile
 body is refused before the JSON parser sees it.
+
+Operations: every request gets a request id (``X-Request-ID``, taken from the
+client when sane) that every log line written for it carries
+(:class:`RequestContext`); ``GET /health`` is liveness, ``GET /ready``
+readiness (:mod:`~softphone.backend.readiness`: 503 naming the dependency
+that failed); ``GET /metrics`` is Prometheus' text format for supervisor and
+service keys (:mod:`~softphone.backend.metrics`). ``POST /v1/speech`` is
+bounded per key, by a worker pool and by the audio's real length
+(:mod:`~softphone.backend.speech_limits`): 429 and 503 carry ``Retry-After``,
+and decoding and STT run in worker processes, never on the request loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hmac
 import json
 import logging
-import os
 import re
-import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from softphone import __version__
+from softphone.backend.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from softphone.backend.metrics import ServiceMetrics
+from softphone.backend.readiness import CheckState, Readiness
+from softphone.backend.speech_limits import SpeechLimits, SpeechRefused, SpeechWork
 from softphone.config import Settings, load_settings
 from softphone.domain.identifiers import validate_identity
 from softphone.errors import (
@@ -72,6 +85,7 @@ from softphone.http_models import (
     DeclineBody,
     ErrorBody,
     HealthBody,
+    ResponseBody,
     RoomOut,
     ServiceInfoOut,
     SpeechOut,
@@ -82,11 +96,12 @@ from softphone.http_models import (
     TransferTicketOut,
     validation_message,
 )
+from softphone.logs import REQUEST_ID_HEADER, new_request_id, request_id
 from softphone.protocol import TokenRoleName, TransferService
 from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter
 from softphone.server.transfer_orchestrator import TransferOrchestrator
-from softphone.speech.pipeline import CONTENT_TYPES, UploadGuard, http_status_for, transcribe_file
+from softphone.speech.pipeline import CONTENT_TYPES, UploadGuard, http_status_for
 from softphone.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
@@ -208,7 +223,7 @@ Who = Annotated[Principal, Depends(principal)]
 
 
 def _status(exc: SoftphoneError) -> int:
-    if isinstance(exc, AuthError):
+    if isinstance(exc, AuthError | SpeechRefused):
         return exc.status
     if isinstance(exc, ValidationError):
         return 400
@@ -223,8 +238,90 @@ def _status(exc: SoftphoneError) -> int:
     return 500
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status)
+def _error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+# --- request context ----------------------------------------------------------------------
+
+# Probes and scrapes: logged at DEBUG, not once a second at INFO.
+_QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_INTERNAL_ERROR = json.dumps({"code": "internal_error", "message": "internal error"}).encode()
+# Metric labels take values from fixed sets: a client may send any method name.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id, an access log line and a timing per HTTP request.
+
+    The id is the client's ``X-Request-ID`` when it is sane (1-64 of
+    ``A-Za-z0-9._:-``), else a new one; it is answered in ``X-Request-ID``
+    and set in :data:`softphone.logs.request_id`, so every line logged while
+    the request is handled carries it. uvicorn runs each request in a task
+    of its own, whose context dies with it. An exception no handler took is
+    logged here (with the id) and answered as a 500 ``internal_error``.
+
+    Args:
+        app: The application.
+        metrics: Where request timings go (method, route template, status).
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = new_request_id(Headers(scope=scope).get(REQUEST_ID_HEADER))
+        request_id.set(rid)
+        started = time.monotonic()
+        status = 500
+        answered = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status, answered = message["status"], True
+                MutableHeaders(scope=message)["X-Request-ID"] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unexpected error", extra={"path": scope["path"][:200]})
+            if answered:
+                raise
+            await send_with_id(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": _INTERNAL_ERROR})
+        finally:
+            elapsed = time.monotonic() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            if self.metrics is not None:
+                self.metrics.http_seconds.labels(method, route, str(status)).observe(elapsed)
+            log.log(
+                logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO,
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 1),
+                },
+            )
 
 
 # --- body guard -------------------------------------------------------------------------
@@ -386,10 +483,16 @@ _DESCRIPTIONS = {
     404: "No such transfer, call, room or identity, or not a party of it (`not_found`)",
     409: "The protocol refuses the step now (`transfer_error`)",
     413: "The body is too large (`too_large`; for /v1/speech `invalid_input`)",
+    408: "The upload did not arrive in time (`timeout`)",
     415: "Not a supported audio type (`invalid_input`)",
     422: "Audio that cannot be used, e.g. too long (`invalid_input`)",
+    429: "Too many requests of this key at once or per minute (`rate_limited`); see Retry-After",
     502: "LiveKit or a provider failed (`livekit_error`, `speech_error`)",
-    503: "LiveKit or a provider is unavailable or not configured; retry later",
+    503: "LiveKit or a provider is unavailable or not configured, or the service is at "
+    "capacity (`busy`, with Retry-After); retry later",
+}
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
 }
 
 
@@ -410,7 +513,14 @@ CallId = Annotated[
 ]
 
 
-def _new_app(lifespan: Any = None) -> FastAPI:
+class ReadyOut(ResponseBody):
+    """``GET /ready``: whether every readiness check passed, and each one's state."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, CheckState]
+
+
+def _new_app(lifespan: Any = None, metrics: ServiceMetrics | None = None) -> FastAPI:
     app = FastAPI(
         title="softphone backend",
         version=__version__,
@@ -419,6 +529,8 @@ def _new_app(lifespan: Any = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyGuard)
+    # Added last: outermost, so even the body guard's refusals carry the request id.
+    app.add_middleware(RequestContext, metrics=metrics)
 
     def openapi() -> dict[str, Any]:
         # FastAPI documents a 422 for every route with parameters; ours answer
@@ -445,29 +557,73 @@ def _new_app(lifespan: Any = None) -> FastAPI:
 
 
 def create_app(
-    *, service: TransferService, keys: KeyRing, settings: Settings | None = None
+    *,
+    service: TransferService,
+    keys: KeyRing,
+    settings: Settings | None = None,
+    speech_limits: SpeechLimits | None = None,
+    readiness: Readiness | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``service`` to holders of ``keys``.
 
     The caller owns ``service`` (and closes it); see :func:`build_app` for
     an app that builds its own from settings. ``settings`` choose the speech
-    providers and bounds of ``POST /v1/speech`` (defaults if not given).
+    providers and bounds of ``POST /v1/speech`` (defaults if not given),
+    ``speech_limits`` how much speech work is taken on, ``readiness`` what
+    ``GET /ready`` checks (nothing if not given). The speech workers start
+    with the first upload and stop with the app's lifespan.
     """
-    app = _new_app()
+    settings = settings or load_settings({}, env={})
+    metrics = ServiceMetrics()
+    metrics.watch(service)
+    work = SpeechWork(
+        limits=speech_limits or SpeechLimits(),
+        settings=settings,
+        metrics=metrics,
+        log_level=settings.log_level,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with work:
+            yield
+
+    app = _new_app(lifespan, metrics)
     app.state.keys = keys
-    _routes(app, lambda: service, settings or load_settings({}, env={}))
+    _routes(
+        app,
+        lambda: service,
+        settings,
+        work=work,
+        metrics=metrics,
+        readiness=readiness or Readiness(),
+    )
     return app
 
 
-def _routes(app: FastAPI, get_service: Callable[[], TransferService], settings: Settings) -> None:
+def _routes(
+    app: FastAPI,
+    get_service: Callable[[], TransferService],
+    settings: Settings,
+    *,
+    work: SpeechWork,
+    metrics: ServiceMetrics,
+    readiness: Readiness,
+) -> None:
     keys: KeyRing = app.state.keys
 
     @app.exception_handler(SoftphoneError)
     async def _softphone_error(request: Request, exc: SoftphoneError) -> JSONResponse:
         status = _status(exc)
-        if status >= 500:
+        headers = None
+        if isinstance(exc, SpeechRefused):
+            # Load shedding works as meant: no error in the log.
+            log.info("speech request refused", extra={"reason": exc.reason, "status": status})
+            if exc.retry_after_s is not None:
+                headers = {"Retry-After": str(exc.retry_after_s)}
+        elif status >= 500:
             log.error("request failed", extra={"path": request.url.path, "code": exc.code})
-        return _error(status, exc.code, exc.message)
+        return _error(status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -482,11 +638,6 @@ def _routes(app: FastAPI, get_service: Callable[[], TransferService], settings: 
             413: "too_large",
         }.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error", extra={"path": request.url.path})
-        return _error(500, "internal_error", "internal error")
 
     def only(who: Principal, *roles: PrincipalRole) -> None:
         if who.role not in roles:
@@ -504,6 +655,36 @@ def _routes(app: FastAPI, get_service: Callable[[], TransferService], settings: 
     @app.get("/health", summary="Liveness", response_model=HealthBody)
     async def health() -> HealthBody:
         return HealthBody(status="ok")
+
+    @app.get(
+        "/ready",
+        summary="Readiness: 200 when every dependency answers, else 503 naming the failed ones",
+        description="No key needed. The checks (LiveKit's server API; later Redis and "
+        "PostgreSQL) are named, never described: nothing about the deployment leaks.",
+        response_model=ReadyOut,
+        responses={503: {"model": ReadyOut, "description": "A dependency is not usable"}},
+    )
+    async def ready() -> JSONResponse:
+        states = await readiness.check()
+        ok = Readiness.ready(states)
+        body = ReadyOut(status="ready" if ok else "unavailable", checks=states)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (supervisor and service keys only)",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The Prometheus text format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_errors(403),
+        },
+    )
+    async def metrics_text(who: Who) -> Response:
+        only(who, "supervisor", "service")
+        return Response(await metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     # --- transfers ------------------------------------------------------------------
 
@@ -708,9 +889,16 @@ def _routes(app: FastAPI, get_service: Callable[[], TransferService], settings: 
         description="Send the audio file as the raw request body (WAV, FLAC, MP3, Ogg/Opus, "
         "WebM) with its Content-Type. Answers the audio info, transcript and summary. "
         "Refusals: 400 (bad `speaker`, empty or corrupt file), 413 (over the upload bound), "
-        "415 (not a supported type or format), 422 (audio too long), all `invalid_input`.",
+        "415 (not a supported type or format), 422 (audio too long, whatever its header "
+        "says), all `invalid_input`; 408 (the upload took too long); 429 (this key's "
+        "concurrency or rate, `rate_limited`) and 503 (the service is at capacity, `busy`), "
+        "both with Retry-After.",
         response_model=SpeechOut,
-        responses=_errors(403, 415, 422),
+        responses={
+            **_errors(403, 408, 415, 422, 429),
+            429: {"model": ErrorBody, "description": _DESCRIPTIONS[429], "headers": _RETRY_AFTER},
+            503: {"model": ErrorBody, "description": _DESCRIPTIONS[503], "headers": _RETRY_AFTER},
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -731,32 +919,43 @@ def _routes(app: FastAPI, get_service: Callable[[], TransferService], settings: 
         ] = "",
     ) -> Any:
         only(who, "agent")
+
+        async def still_there() -> bool:
+            return not await request.is_disconnected()
+
         try:
             guard = UploadGuard.from_settings(
                 settings, content_type=request.headers.get("content-type")
             )
             speaker = validate_identity(speaker or "caller", "speaker")
-            fd, name = tempfile.mkstemp(prefix="upload-", suffix=".audio")
-            path = Path(name)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    async for chunk in request.stream():
-                        guard.add(chunk)
-                        await asyncio.to_thread(out.write, chunk)
-                guard.finish()
-                result = await transcribe_file(path, settings, speaker=speaker)
-            finally:
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+            # Limits first: a refused request costs no reading of its body.
+            with work.admit(who.identity):
+                async with work.upload(request.stream(), guard) as path:
+                    await work.check_declared(path)
+                    result = await work.run(path, speaker=speaker, wanted=still_there)
         except ValidationError as exc:
             return _error(http_status_for(exc), exc.code, exc.message)
-        return SpeechOut.model_validate(result.to_dict())
+        except ClientDisconnect:
+            # The client went away mid-upload: nobody reads this answer.
+            log.info("speech upload cut off by the client")
+            return _error(400, "invalid_input", "file: the upload was cut off")
+        return SpeechOut.model_validate(result)
+
+
+# A room name no call uses: listing it is the cheapest question LiveKit answers.
+READY_PROBE_ROOM = "softphone-ready-probe"
 
 
 @contextlib.asynccontextmanager
-async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrator]:
+async def build_service(
+    settings: Settings, *, readiness: Readiness | None = None
+) -> AsyncIterator[TransferOrchestrator]:
     """The orchestrator and its dependencies, built from settings, closed at the end.
 
     The chain of custody goes to the backend profile's history database.
+    Each dependency that can become unreachable adds a check to
+    ``readiness`` where it is built (LiveKit's server API here; Redis and
+    PostgreSQL when they are wired in).
 
     Raises:
         ConfigError: No LiveKit URL, key or secret.
@@ -777,6 +976,8 @@ async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrato
         ) as rooms,
         HistoryStore(settings.history_path) as history,
     ):
+        if readiness is not None:
+            readiness.add("livekit", lambda: rooms.list_rooms([READY_PROBE_ROOM]))
         service = TransferOrchestrator(
             url=settings.livekit_url,
             rooms=rooms,
@@ -793,7 +994,7 @@ async def build_service(settings: Settings) -> AsyncIterator[TransferOrchestrato
             yield service
 
 
-def build_app(settings: Settings) -> FastAPI:
+def build_app(settings: Settings, *, speech_limits: SpeechLimits | None = None) -> FastAPI:
     """An app that builds its service from ``settings`` at startup (for uvicorn).
 
     Raises:
@@ -801,14 +1002,33 @@ def build_app(settings: Settings) -> FastAPI:
     """
     keys = KeyRing.load(settings.backend_keys_file)
     holder: dict[str, TransferOrchestrator] = {}
+    metrics = ServiceMetrics()
+    readiness = Readiness()
+    work = SpeechWork(
+        limits=speech_limits or SpeechLimits(),
+        settings=settings,
+        metrics=metrics,
+        log_level=settings.log_level,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with build_service(settings) as service:
+        async with build_service(settings, readiness=readiness) as service, work:
             holder["service"] = service
-            yield
+            unwatch = metrics.watch(service)
+            try:
+                yield
+            finally:
+                unwatch()
 
-    app = _new_app(lifespan)
+    app = _new_app(lifespan, metrics)
     app.state.keys = keys
-    _routes(app, lambda: holder["service"], settings)
+    _routes(
+        app,
+        lambda: holder["service"],
+        settings,
+        work=work,
+        metrics=metrics,
+        readiness=readiness,
+    )
     return app
