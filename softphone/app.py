@@ -234,6 +234,8 @@ async def open_transfer_service(
             offer_timeout_s=settings.offer_timeout_s,
             history=history,
             signer=CommandSigner(settings.command_signing_key),
+            # Every caller here is an app: A's app plays the hold tone itself.
+            hold_audio=False,
         )
     )
 

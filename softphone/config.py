@@ -112,6 +112,29 @@ class Settings:
     backend_keys_file: Path = _field(
         Path(), "backend only: JSON file mapping API keys to identity and role"
     )
+    redis_url: Secret | None = _field(
+        None,
+        "service only: Redis holding the live state every replica shares"
+        " (empty: a private Redis for this one replica)",
+        env=("REDIS_URL",),
+        secret=True,
+    )
+    redis_prefix: str = _field("softphone:", "service only: prefix of this deployment's Redis keys")
+    database_url: Secret | None = _field(
+        None,
+        "service only: PostgreSQL holding the records every replica writes"
+        " (empty: the profile's SQLite history, for one replica)",
+        env=("DATABASE_URL",),
+        secret=True,
+    )
+    lease_ttl_s: float = _field(
+        2.0, "service only: seconds after a replica stops before another takes over", min=0.5
+    )
+    livekit_webhooks: bool = _field(
+        False,
+        "service only: LiveKit sends its webhooks to /v1/livekit/webhook (rooms are then"
+        " polled only as a safety net)",
+    )
     move_timeout_s: float = _field(8.0, "seconds a caller's app may take to move rooms", min=1)
 
     offer_timeout_s: float = _field(30.0, "seconds a transfer offer rings before no-answer", min=1)

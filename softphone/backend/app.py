@@ -59,6 +59,7 @@ from softphone import __version__
 from softphone.backend.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from softphone.backend.metrics import ServiceMetrics
 from softphone.backend.readiness import CheckState, Readiness
+from softphone.backend.records_api import records_router
 from softphone.backend.speech_limits import SpeechLimits, SpeechRefused, SpeechWork
 from softphone.config import Settings, load_settings
 from softphone.domain.identifiers import validate_identity
@@ -103,6 +104,7 @@ from softphone.server.token_minter import TokenMinter
 from softphone.server.transfer_orchestrator import TransferOrchestrator
 from softphone.speech.pipeline import CONTENT_TYPES, UploadGuard, http_status_for
 from softphone.store.history import HistoryStore
+from softphone.store.records import PostgresRecords
 
 log = logging.getLogger(__name__)
 
@@ -952,16 +954,22 @@ async def build_service(
 ) -> AsyncIterator[TransferOrchestrator]:
     """The orchestrator and its dependencies, built from settings, closed at the end.
 
-    The chain of custody goes to the backend profile's history database.
-    Each dependency that can become unreachable adds a check to
-    ``readiness`` where it is built (LiveKit's server API here; Redis and
-    PostgreSQL when they are wired in).
+    The live state (calls, transfers, leases, events) is in Redis: the one
+    ``REDIS_URL`` names, shared by every replica, or else a private one
+    started for this replica. The chain of custody goes to PostgreSQL when
+    ``DATABASE_URL`` is set (every replica writes there), else to the
+    backend profile's SQLite history. Each dependency that can become
+    unreachable adds a check to ``readiness`` where it is built.
 
     Raises:
         ConfigError: No LiveKit URL, key or secret.
     """
+    from softphone.infra.redis_server import redis_from_env
+    from softphone.server.call_registry import RedisCallRegistry
     from softphone.server.command_signer import CommandSigner
+    from softphone.server.state import RedisState
     from softphone.speech.factory import make_offline_summarizer, make_summarizer
+    from softphone.store.custody import CustodyLog
 
     secret = settings.livekit_api_secret
     if not settings.livekit_url or not settings.livekit_api_key or secret is None:
@@ -970,14 +978,31 @@ async def build_service(
         api_key=settings.livekit_api_key, api_secret=secret, default_ttl_s=settings.token_ttl_s
     )
     settings.ensure_dirs()
-    async with (
-        RoomAdmin(
-            url=settings.livekit_url, api_key=settings.livekit_api_key, api_secret=secret
-        ) as rooms,
-        HistoryStore(settings.history_path) as history,
-    ):
+    redis_env = {"REDIS_URL": settings.redis_url.get()} if settings.redis_url else {}
+    async with contextlib.AsyncExitStack() as stack:
+        rooms = await stack.enter_async_context(
+            RoomAdmin(url=settings.livekit_url, api_key=settings.livekit_api_key, api_secret=secret)
+        )
+        if not redis_env:
+            log.warning("no REDIS_URL: a private Redis for this one replica")
+        endpoint = await stack.enter_async_context(
+            redis_from_env(redis_env, workdir=settings.profile_dir / "redis")
+        )
+        state = RedisState(url=endpoint.url, prefix=settings.redis_prefix)
+        registry = RedisCallRegistry(url=endpoint.url, prefix=settings.redis_prefix)
+        stack.push_async_callback(registry.aclose)
+        history: CustodyLog
+        if settings.database_url is not None:
+            records = await stack.enter_async_context(PostgresRecords(settings.database_url))
+            history = records
+        else:
+            history = await stack.enter_async_context(HistoryStore(settings.history_path))
+            records = None
         if readiness is not None:
             readiness.add("livekit", lambda: rooms.list_rooms([READY_PROBE_ROOM]))
+            readiness.add("redis", state.ready)
+            if records is not None:
+                readiness.add("postgres", records.check)
         service = TransferOrchestrator(
             url=settings.livekit_url,
             rooms=rooms,
@@ -987,10 +1012,20 @@ async def build_service(
             lobby_room=settings.lobby_room,
             offer_timeout_s=settings.offer_timeout_s,
             move_timeout_s=settings.move_timeout_s,
+            # With webhooks the rooms are looked at when something happens;
+            # the poll stays only as a safety net for a lost delivery.
+            poll_interval_s=2.0 if settings.livekit_webhooks else 0.25,
+            # A's app plays the hold tone to app callers; a service participant
+            # would be one more encoder per call here (phones will need it).
+            hold_audio=False,
             history=history,
+            registry=registry,
+            state=state,
+            lease_ttl_s=settings.lease_ttl_s,
             signer=CommandSigner(settings.command_signing_key),
         )
         async with service:
+            await service.start()
             yield service
 
 
@@ -1031,4 +1066,21 @@ def build_app(settings: Settings, *, speech_limits: SpeechLimits | None = None) 
         metrics=metrics,
         readiness=readiness,
     )
+    from softphone.backend.live_events import add_live_event_routes  # it builds on this module
+
+    secret = settings.livekit_api_secret
+    if secret is not None:
+        add_live_event_routes(
+            app, lambda: holder["service"], api_key=settings.livekit_api_key, api_secret=secret
+        )
+
+    if settings.database_url is not None:
+        # The records are searchable where every replica writes them: PostgreSQL.
+
+        def get_records() -> PostgresRecords:
+            records = holder["service"].history
+            assert isinstance(records, PostgresRecords)
+            return records
+
+        app.include_router(records_router(get_records, principal))
     return app

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -18,12 +21,14 @@ from softphone.client.call_controller import CallController
 from softphone.client.commands import CommandGuard
 from softphone.client.legs import Moved
 from softphone.client.lobby import AgentLobby, Offer, Withdrawn
+from softphone.client.transfer_watch import ServiceLost
 from softphone.domain.events import EventEmitter
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment
 from softphone.domain.transfer import Mode, TransferSnapshot
 from softphone.errors import SoftphoneError, TransferError
-from softphone.media.session import RemoteAudio, RtcSession
+from softphone.media.hold import HOLD_TRACK
+from softphone.media.session import Reconnected, RemoteAudio, RtcSession
 from softphone.protocol import CallInfo, Presence
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,42 @@ AgentEvent = Literal[
     "presence",
     "lobby",
     "call_assigned",
+    "transfer_lost",
+    "media_gap",
 ]
+# How long the live transcript waits for its call's history entry.
+CALL_ID_WAIT_S = 5.0
+# The speaker of the marker segments that note a gap in the call's audio.
+GAP_SPEAKER = "(connection)"
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaGap:
+    """A stretch of the call without audio: the connection to the media server was lost.
+
+    Attributes:
+        leg: ``call`` or ``consult``.
+        start_s: Seconds since the call began when the audio stopped.
+        end_s: When it came back.
+        rejoined: The app joined the room afresh (e.g. the server restarted).
+    """
+
+    leg: str
+    start_s: float
+    end_s: float
+    rejoined: bool
+
+    def marker(self, n: int) -> TranscriptSegment:
+        """The marker segment that notes this gap in the transcript and the history."""
+        return TranscriptSegment(
+            speaker=GAP_SPEAKER,
+            start_s=round(self.start_s, 2),
+            end_s=round(self.end_s, 2),
+            text=f"[no audio for {self.end_s - self.start_s:.1f} s: connection lost]",
+            final=True,
+            leg=self.leg,
+            segment_id=f"gap-{n}",
+        )
 
 
 class AgentController:
@@ -63,6 +103,9 @@ class AgentController:
         self.consult_recorder: Any | None = None
         self._recording_offs: list[Callable[[], None]] = []
         self._consult_offs: list[Callable[[], None]] = []
+        self._leg_offs: dict[str, list[Callable[[], None]]] = {}
+        self._gaps = itertools.count(1)
+        self.gaps: list[MediaGap] = []
         self._offs = [
             calls.on("leg_opened", self._on_leg_opened),
             calls.on("leg_closed", self._on_leg_closed),
@@ -265,6 +308,9 @@ class AgentController:
 
     # ---- legs ------------------------------------------------------------------------
     def _on_leg_opened(self, leg: str) -> None:
+        opened = self.calls.legs.get(leg)
+        if opened is not None and leg in ("call", "consult"):
+            self._watch_gaps(leg, opened.session)
         if leg == "consult":
             self._spawn(self._start_consult_capture())
             return
@@ -296,9 +342,57 @@ class AgentController:
         agent_call.on("transfer_changed", self._on_transfer_changed)
         agent_call.on("consult_joined", lambda s: self._spawn(self.calls.adopt("consult", s)))
         agent_call.on("consult_left", lambda _p: self._spawn(self.calls.drop("consult")))
+        agent_call.on("transfer_lost", self._on_transfer_lost)
         self.agent_call = agent_call
 
+    def _on_transfer_lost(self, lost: ServiceLost) -> None:
+        """The service went away mid-transfer and A's app went back to the caller by itself."""
+        log.warning("back with the caller: %s", lost.message)
+        self._spawn(self.calls.drop("consult"))
+        call = self.calls.call
+        if call is not None:
+            call.session.set_muted(self.calls.muted)
+        # The next transfer may start at once; this one is over for this app.
+        self.last_snapshot = None
+        self.events.emit("transfer_lost", lost)
+
+    def _timeline_s(self) -> float:
+        """Seconds since the call began (the transcript's timeline)."""
+        if self.live is not None:
+            return float(self.live.now_s())
+        started = self.calls.call_started_at
+        return time.time() - started if started else 0.0
+
+    def _watch_gaps(self, leg: str, session: RtcSession) -> None:
+        """Mark in the call's timeline where a leg's audio was lost (recording and
+        transcript go on by themselves: a rejoin brings new tracks, and both
+        continue each speaker's file and timeline from them)."""
+        for off in self._leg_offs.pop(leg, []):
+            off()
+
+        def back(info: Reconnected | None) -> None:
+            if info is None:
+                return
+            end_s = self._timeline_s()
+            gap = MediaGap(leg, max(0.0, end_s - info.gap_s), end_s, info.rejoined)
+            self.gaps.append(gap)
+            self.events.emit("media_gap", gap)
+            marker = gap.marker(next(self._gaps))
+            self.events.emit("segment", marker)
+            if self.calls.call_id:
+                self._spawn(self._store_marker(self.calls.call_id, marker))
+
+        self._leg_offs[leg] = [session.on("reconnected", back)]
+
+    async def _store_marker(self, call_id: str, marker: TranscriptSegment) -> None:
+        try:
+            await self.context.history.add_segment(call_id, marker)
+        except SoftphoneError as exc:
+            log.warning("gap marker not stored", extra={"error": exc.message})
+
     def _on_leg_closed(self, leg: str) -> None:
+        for off in self._leg_offs.pop(leg, []):
+            off()
         if leg == "consult":
             self._spawn(self._stop_consult_capture())
             return
@@ -335,7 +429,11 @@ class AgentController:
             log.warning("recording unavailable: the recording folder is not writable")
             return
         self.recorder = recorder
-        self._recording_offs.append(call.session.each_remote_audio(recorder.add_remote))
+        self._recording_offs.append(
+            call.session.each_remote_audio(
+                lambda audio: recorder.add_remote(audio) if _speech(audio) else None
+            )
+        )
         mic = self.calls.devices.mic
         if mic is not None and RECORDING_RATE == 48000:
             identity = self.calls.identity
@@ -374,6 +472,8 @@ class AgentController:
         recording = self.consult_recorder
 
         def on_audio(audio: RemoteAudio) -> None:
+            if not _speech(audio):
+                return
             if recording is not None:
                 recording.add_remote(audio)
             if self.live is not None:
@@ -404,6 +504,16 @@ class AgentController:
         call = self.calls.call
         if call is None:
             return
+        if self.calls.call_id is None:
+            # The call's history entry is written just after its leg opened;
+            # the segments belong to it (without its id none would be stored).
+            started = asyncio.Event()
+            off = self.calls.on("call_started", lambda _room: started.set())
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(started.wait(), CALL_ID_WAIT_S)
+            finally:
+                off()
         live = await LiveTranscriber.open(
             self.context.settings,
             on_segment=self._on_segment,
@@ -417,7 +527,11 @@ class AgentController:
             await live.aclose()
             return
         self.live = live
-        self._offs.append(call.session.each_remote_audio(live.add_remote))
+        self._offs.append(
+            call.session.each_remote_audio(
+                lambda audio: live.add_remote(audio) if _speech(audio) else None
+            )
+        )
         mic = self.calls.devices.mic
         if mic is not None:
             identity = self.calls.identity
@@ -454,4 +568,9 @@ class AgentController:
             await self.lobby.aclose()
 
 
-__all__ = ["AgentController", "Offer", "Withdrawn"]
+def _speech(audio: RemoteAudio) -> bool:
+    """Whether a remote track carries someone's voice (not hold audio)."""
+    return audio.name != HOLD_TRACK
+
+
+__all__ = ["AgentController", "MediaGap", "Offer", "ServiceLost", "Withdrawn"]

@@ -113,12 +113,23 @@ class CallController(EventEmitter[ControllerEvent]):
                     room=room,
                     supervisor_mode=supervisor_mode,
                 )
+
+            async def fresh_token() -> str:
+                # A rejoin after a long outage may find the first token expired.
+                return await self.context.token(
+                    role=self.role,
+                    identity=self.identity,
+                    room=room,
+                    supervisor_mode=supervisor_mode,
+                )
+
             call_leg = CallLeg(
                 url=url or self.context.url,
                 token=token,
                 devices=self.devices,
                 publish=publish,
                 muted=self.muted,
+                token_source=fresh_token,
             )
             try:
                 await call_leg.connect()

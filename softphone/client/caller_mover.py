@@ -23,7 +23,8 @@ from softphone.client.legs import (
 )
 from softphone.domain.events import EventEmitter
 from softphone.errors import MediaError
-from softphone.media.session import RtcSession
+from softphone.media.hold import HOLD_TRACK
+from softphone.media.session import RemoteAudio, RtcSession
 from softphone.protocol import (
     RPC_MOVE,
     RPC_STANDBY,
@@ -37,6 +38,11 @@ MoveStrategy = Literal["make_before_break", "break_before_make"]
 # How long a move waits for the service's promotion of the standby session to
 # arrive (it is sent before the move, on another channel, so it may trail it).
 PROMOTION_WAIT_S = 1.0
+# The hold audio in the call room ended this long ago and did not come back
+# (a reconnect brings it back at once): the transfer was abandoned.
+HOLD_END_GRACE_S = 2.0
+# A standby connection never promoted in this long is left in any case.
+STANDBY_LIMIT_S = 900.0
 
 
 async def _promoted(session: RtcSession, timeout_s: float) -> bool:
@@ -70,6 +76,13 @@ class CallerMover(EventEmitter[CallerEvent]):
             ``break_before_make`` (the naive order; for the benchmark).
         audible_timeout_s: Make-before-break waits at most this long for the
             first remote audio in the new room before leaving the old one.
+        standby_limit_s: A standby connection not promoted in this long is left.
+
+    A standby connection is left, too, when the transfer is abandoned: the
+    hold audio in the call room ends (A came back to the caller, or the
+    service that played it is gone) while the caller is still there and
+    the standby was not promoted. Nobody else would tell the caller's app
+    once the service is gone.
 
     Events: ``joined`` (the new session, before the old one is left) and
     ``moved`` (:class:`Moved`, once the move is done).
@@ -83,8 +96,10 @@ class CallerMover(EventEmitter[CallerEvent]):
         guard: CommandGuard,
         strategy: MoveStrategy = "make_before_break",
         audible_timeout_s: float = 1.0,
+        standby_limit_s: float = STANDBY_LIMIT_S,
     ) -> None:
         super().__init__()
+        self._standby_limit_s = standby_limit_s
         self.session = session
         self._guard = guard
         self._audible_timeout_s = audible_timeout_s
@@ -102,6 +117,44 @@ class CallerMover(EventEmitter[CallerEvent]):
         session.register_rpc(RPC_MOVE, functools.partial(self._on_move, session))
         if self._strategy == "make_before_break":  # the naive baseline joins from scratch
             session.register_rpc(RPC_STANDBY, functools.partial(self._on_standby, session))
+            session.on("remote_audio_ended", functools.partial(self._on_audio_ended, session))
+
+    def _on_audio_ended(self, session: RtcSession, audio: RemoteAudio) -> None:
+        if audio.name == HOLD_TRACK and session is self.session and self._standby:
+            self._tasks.spawn(self._leave_standby_if_abandoned(session, audio.identity))
+
+    async def _leave_standby_if_abandoned(self, session: RtcSession, holder: str) -> None:
+        """``holder``'s hold ended: unless it comes back or the standby is promoted, leave it.
+
+        Only ``holder``'s hold counts: another one still there may be a dead
+        service's, whose participant lingers until the server times it out.
+        """
+        await asyncio.sleep(HOLD_END_GRACE_S)
+        if session is not self.session or not session.connected:
+            return  # moved (or hung up) meanwhile
+        if any(a.name == HOLD_TRACK and a.identity == holder for a in session.remote_tracks()):
+            return  # back after a reconnect: still on hold
+        for room in list(self._standby):
+            await self._leave_standby(room, "the transfer was abandoned")
+
+    async def _leave_standby(self, room: str, why: str) -> None:
+        """Leave the standby connection to ``room`` unless it was promoted or is moving."""
+        task = self._standby.get(room)
+        if task is None or room in self._moving:
+            return
+        session = finished_session(task)
+        if session is not None and session.may_listen:
+            return  # promoted: the move is coming
+        del self._standby[room]
+        log.info("leaving the transfer room: %s", why, extra={"room": room})
+        if session is not None:
+            await session.aclose()
+        else:
+            task.cancel()  # still connecting: a connect given up on is left once done
+
+    async def _standby_limit(self, room: str) -> None:
+        await asyncio.sleep(self._standby_limit_s)
+        await self._leave_standby(room, "never promoted")
 
     def standby(self, room: str) -> RtcSession | None:
         """The connected standby session in ``room``, if the app is waiting there."""
@@ -124,6 +177,7 @@ class CallerMover(EventEmitter[CallerEvent]):
         if task is None:
             task = self._tasks.spawn(self._connect_standby(grant))
             self._standby[grant.room] = task
+            self._tasks.spawn(self._standby_limit(grant.room))
         await answer_when_done(self._standby, grant.room)
         return "ready"
 

@@ -21,12 +21,13 @@ from softphone.client.legs import (
     first_audio,
     join_room,
 )
+from softphone.client.transfer_watch import LOST_AFTER_S, ServiceLost, TransferWatch, unreachable
 from softphone.domain.events import EventEmitter
 from softphone.domain.identifiers import validate_room_name
 from softphone.domain.summary import SummaryCard
 from softphone.domain.transcript import TranscriptSegment, unpack_transcript
-from softphone.domain.transfer import Mode
-from softphone.errors import SoftphoneError, ValidationError
+from softphone.domain.transfer import Mode, TransferSnapshot
+from softphone.errors import SoftphoneError, TransferError, ValidationError
 from softphone.media.session import RtcSession
 from softphone.protocol import (
     PRESENCE_ATTRIBUTE,
@@ -74,10 +75,18 @@ class Offer:
 
 @dataclasses.dataclass(frozen=True)
 class Withdrawn:
-    """An offer that is gone before it was answered (caller hung up, cancelled, no answer)."""
+    """An offer that is gone before it was answered.
+
+    ``reason`` is the service's (``caller_left``, ``cancelled``, ``no_answer``,
+    ...), or this app's when the service could not say so: ``unreachable``
+    (the service stopped answering while it rang, or when B accepted) and
+    ``expired`` (the service says the offer is no longer open). ``message``
+    says it in words for the user.
+    """
 
     transfer_id: str
     reason: str
+    message: str = ""
 
 
 class AgentLobby(EventEmitter[LobbyEvent]):
@@ -97,6 +106,14 @@ class AgentLobby(EventEmitter[LobbyEvent]):
             the service (anything else is refused with no effect).
         mic: The agent's microphone source, published in call rooms (not the lobby).
         presence: Initial presence.
+        lost_after_s: An offer whose service has not answered this long is
+            dropped (it could no longer be accepted).
+
+    While an offer rings, the app follows its transfer at the service
+    (:class:`~softphone.client.transfer_watch.TransferWatch`): an offer the
+    service no longer holds open, or whose service stopped answering, is
+    dropped with ``offer_withdrawn``, as is one that fails to be accepted
+    for either reason.
     """
 
     def __init__(
@@ -108,9 +125,12 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         guard: CommandGuard,
         mic: rtc.AudioSource | None = None,
         presence: Presence = "available",
+        lost_after_s: float = LOST_AFTER_S,
     ) -> None:
         super().__init__()
         self._service = service
+        self._lost_after_s = lost_after_s
+        self._watches: dict[str, TransferWatch] = {}
         self._guard = guard
         self._mic = mic
         self._presence: Presence = presence
@@ -202,7 +222,41 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         self._offered.add(offer.transfer_id)
         self.offers[offer.transfer_id] = offer
         self.emit("offer", offer)
+        self._watch_offer(offer.transfer_id)
         return "ringing"
+
+    def _watch_offer(self, transfer_id: str) -> None:
+        """Follow a ringing offer's transfer, so a dead or closed offer stops ringing."""
+
+        def changed(snap: TransferSnapshot) -> None:
+            if snap.phase != "offering":
+                code = snap.reason.code if snap.reason is not None else snap.phase
+                self._drop(transfer_id, code, "the offer is no longer open")
+
+        def lost(lost: ServiceLost) -> None:
+            self._drop(
+                transfer_id, "unreachable", f"{lost.message}: the offer can no longer be accepted"
+            )
+
+        self._watches[transfer_id] = TransferWatch(
+            service=self._service,
+            transfer_id=transfer_id,
+            on_snapshot=changed,
+            on_lost=lost,
+            lost_after_s=self._lost_after_s,
+        ).start()
+
+    def _stop_watching(self, transfer_id: str) -> None:
+        watch = self._watches.pop(transfer_id, None)
+        if watch is not None:
+            self._tasks.spawn(watch.aclose())
+
+    def _drop(self, transfer_id: str, reason: str, message: str) -> None:
+        """Forget a ringing offer and tell the UI why."""
+        self._stop_watching(transfer_id)
+        if self.offers.pop(transfer_id, None) is not None:
+            log.info("offer dropped", extra={"transfer_id": transfer_id, "reason": reason})
+            self.emit("offer_withdrawn", Withdrawn(transfer_id, reason, message))
 
     async def _on_call_assigned(self, inv: rtc.RpcInvocationData) -> str:
         # The service assigned a new call to this agent (its room is in the body).
@@ -221,18 +275,43 @@ class AgentLobby(EventEmitter[LobbyEvent]):
             tid, reason = str(data["transfer_id"]), str(data.get("reason", ""))
         except (KeyError, TypeError):
             raise rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, "malformed") from None
+        self._stop_watching(tid)
         if self.offers.pop(tid, None) is not None:
-            self.emit("offer_withdrawn", Withdrawn(tid, reason))
+            self.emit("offer_withdrawn", Withdrawn(tid, reason, "the offer was withdrawn"))
         return "ok"
 
     async def accept(self, transfer_id: str) -> RtcSession:
         """Accept an offer: get a token from the service and join the transfer room.
 
+        An offer that cannot be accepted any more is dropped (``offer_withdrawn``).
+
         Raises:
+            TransferError: The service could not be reached (the offer is
+                dropped; the message says so).
             SoftphoneError: The service refused (e.g. the offer was withdrawn).
         """
-        self.offers.pop(transfer_id, None)
-        grant = await self._service.accept(transfer_id, agent=self.identity)
+        self._stop_watching(transfer_id)
+        offer = self.offers.pop(transfer_id, None)
+        try:
+            grant = await self._service.accept(transfer_id, agent=self.identity)
+        except SoftphoneError as exc:
+            gone = unreachable(exc)
+            if offer is not None:
+                self.offers[transfer_id] = offer  # _drop forgets it and tells the UI
+                self._drop(
+                    transfer_id,
+                    "unreachable" if gone else "expired",
+                    "the call service could not be reached: the offer can no longer be accepted"
+                    if gone
+                    else f"the offer is no longer open: {exc.message}",
+                )
+            if gone:
+                raise TransferError(
+                    "the call service could not be reached; the offer was dropped",
+                    retryable=False,
+                    details={"transfer_id": transfer_id},
+                ) from exc
+            raise
         session = await join_room(grant, self._mic)
         session.register_rpc(RPC_JOIN, functools.partial(self._on_join, session))
         self.call_session = session
@@ -243,6 +322,7 @@ class AgentLobby(EventEmitter[LobbyEvent]):
 
     async def decline(self, transfer_id: str, reason: str = "") -> None:
         """Decline an offer, with a reason A will see."""
+        self._stop_watching(transfer_id)
         self.offers.pop(transfer_id, None)
         await self._service.decline(transfer_id, agent=self.identity, reason=reason)
 
@@ -288,6 +368,9 @@ class AgentLobby(EventEmitter[LobbyEvent]):
 
     async def aclose(self) -> None:
         """Leave every room."""
+        watches, self._watches = list(self._watches.values()), {}
+        for watch in watches:
+            await watch.aclose()
         await self._tasks.cancel()
         if self.call_session is not None:
             await self.call_session.aclose()

@@ -8,11 +8,19 @@ schema is an error rather than a half-read object. Every non-2xx answer is
 raised as :class:`~softphone.errors.BackendError` with the backend's code and
 message; transport failures too (status 503, retryable), and answers that
 are not what the schema says (status 502).
+
+Several backend replicas: given a list of base URLs, a request that cannot
+even connect to one (refused, connect timeout: nothing was sent, so trying
+again elsewhere is safe for every method) goes to the next; the replica that
+answered is asked first next time. An answer, whatever its status, is never
+sent elsewhere: a 4xx is the service's word.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -57,6 +65,7 @@ from softphone.protocol import (
 )
 
 _Out = TypeVar("_Out", bound=ResponseBody)
+log = logging.getLogger(__name__)
 
 
 def _seg(value: str) -> str:
@@ -73,24 +82,78 @@ class RemoteTransferService(TransferService):
     """:class:`TransferService` over HTTP to ``softphone-backend``.
 
     Args:
-        base_url: The backend URL (``backend_url``).
+        base_url: The backend URL (``backend_url``), or the URLs of several
+            replicas of one backend, tried in turn when one cannot be reached.
         api_key: This user's API key (``backend_api_key``).
         timeout_s: Timeout of ordinary requests (long-polls add their wait).
     """
 
-    def __init__(self, *, base_url: str, api_key: Secret | None, timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, *, base_url: str | Sequence[str], api_key: Secret | None, timeout_s: float = 15.0
+    ) -> None:
         super().__init__()
-        if not base_url:
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self._bases = [u.rstrip("/") for u in urls if u]
+        if not self._bases:
             raise ConfigError("the remote transfer service needs backend_url")
+        for url in self._bases:
+            if httpx.URL(url).scheme not in ("http", "https"):
+                raise ConfigError("backend_url must be an http:// or https:// URL")
         if api_key is None or not api_key.get():
             raise ConfigError("the backend needs an API key: set SOFTPHONE_BACKEND_API_KEY")
         self._timeout_s = timeout_s
+        # The replica asked first: the last one that answered.
+        self._current = 0
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key.get()}"},
             timeout=timeout_s,
         )
         self._seen: dict[str, int] = {}
+
+    @property
+    def base_url(self) -> str:
+        """The replica asked first now."""
+        return self._bases[self._current]
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        headers: dict[str, str] | None,
+        params: dict[str, Any] | None,
+        limit_s: float,
+    ) -> httpx.Response:
+        """Send to the replica that answered last, then to the others while none can be reached.
+
+        Raises:
+            httpx.HTTPError: The last failure (no replica could be reached, or
+                one failed after the request was sent).
+        """
+        count = len(self._bases)
+        for attempt in range(count):
+            index = (self._current + attempt) % count
+            try:
+                res = await self._http.request(
+                    method,
+                    self._bases[index] + path,
+                    content=content,
+                    headers=headers,
+                    params=params,
+                    timeout=limit_s,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                # Not even connected: nothing was sent, so another replica
+                # may take it (safe for every method). Any later failure may
+                # have reached the service: never sent twice.
+                if attempt == count - 1:
+                    raise
+                log.info("backend replica unreachable; trying the next", extra={"index": index})
+                continue
+            self._current = index
+            return res
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _call(
         self,
@@ -108,13 +171,13 @@ class RemoteTransferService(TransferService):
             content = body.model_dump_json(exclude_none=True).encode()
             headers = {"Content-Type": "application/json"}
         try:
-            res = await self._http.request(
+            res = await self._send(
                 method,
                 path,
                 content=content,
                 headers=headers,
                 params=params,
-                timeout=wait_s or self._timeout_s,
+                limit_s=wait_s or self._timeout_s,
             )
         except httpx.TimeoutException as exc:
             limit = wait_s or self._timeout_s

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from softphone.media.devices import AudioDevices
@@ -29,6 +30,8 @@ class CallLeg:
         muted: Start muted.
         session: A session another component already connected (a transfer
             helper moved us); :meth:`adopt` then plays it without joining again.
+        token_source: Gives a fresh token for this room, should the session
+            have to rejoin after its own expired (see :class:`RtcSession`).
     """
 
     def __init__(
@@ -40,8 +43,9 @@ class CallLeg:
         publish: bool = True,
         muted: bool = False,
         session: RtcSession | None = None,
+        token_source: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
-        self.session = session or RtcSession(url=url, token=token)
+        self.session = session or RtcSession(url=url, token=token, token_source=token_source)
         self._devices = devices
         self._publish = publish
         self.session.set_muted(muted)

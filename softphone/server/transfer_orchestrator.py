@@ -209,6 +209,8 @@ class TransferOrchestrator(TransferService):
         self._poll_s = poll_interval_s
         self._hold_audio = hold_audio
         self._history = history
+        # Where the chain of custody goes (the records API reads it).
+        self.history = history
         self._clock = clock
         # The transfers this replica drives.
         self._runs: dict[str, _Run] = {}

@@ -220,7 +220,7 @@ async def test_ready_follows_livekit(tmp_path: Path) -> None:
 
         await until(lambda: state(200))
         res = await http.get("/ready")
-        assert res.json() == {"status": "ready", "checks": {"livekit": "ok"}}
+        assert res.json() == {"status": "ready", "checks": {"livekit": "ok", "redis": "ok"}}
         await lk.aclose()
         await until(lambda: state(503))
         res = await http.get("/ready")

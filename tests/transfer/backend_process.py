@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import json
@@ -54,6 +55,10 @@ class BackendProcess:
         offer_timeout_s: Offer timeout.
         extra_args: More command-line flags.
         extra_env: More environment.
+        redis_url: The Redis of the live state (default: the backend starts a
+            private one).
+        replica_of: Another replica of the same deployment: the same keys,
+            command-signing key and Redis key prefix.
     """
 
     def __init__(
@@ -65,14 +70,30 @@ class BackendProcess:
         offer_timeout_s: float,
         extra_args: tuple[str, ...] = (),
         extra_env: dict[str, str] | None = None,
+        redis_url: str | None = None,
+        replica_of: BackendProcess | None = None,
     ) -> None:
         self._lk = livekit_server
+        self.redis_url = redis_url
+        # One deployment: replicas share keys, the command-signing key and the state's keys.
+        self.signing_key: str = (
+            replica_of.signing_key
+            if replica_of
+            else base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        )
+        self.redis_prefix: str = (
+            replica_of.redis_prefix if replica_of else f"sp-{secrets.token_hex(4)}:"
+        )
         self._dir = workdir
         self.lobby = lobby
         self._offer_timeout_s = offer_timeout_s
         self._extra_args = extra_args
         self._extra_env = dict(extra_env or {})
-        self.keys = {ident: secrets.token_urlsafe(24) for ident, _ in identities()}
+        self.keys: dict[str, str] = (
+            dict(replica_of.keys)
+            if replica_of
+            else {ident: secrets.token_urlsafe(24) for ident, _ in identities()}
+        )
         self.roles = dict(identities())
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -97,6 +118,9 @@ class BackendProcess:
             "LIVEKIT_API_KEY": self._lk.api_key,
             "LIVEKIT_API_SECRET": self._lk.api_secret.get(),
             "SOFTPHONE_HOME": str(self._dir / "home"),
+            "SOFTPHONE_COMMAND_SIGNING_KEY": self.signing_key,
+            "SOFTPHONE_REDIS_PREFIX": self.redis_prefix,
+            **({"REDIS_URL": self.redis_url} if self.redis_url else {}),
             **self._extra_env,
         }
         args = [
@@ -138,6 +162,20 @@ class BackendProcess:
                     raise RuntimeError("backend did not start:\n" + self.log_path.read_text())
                 await asyncio.sleep(0.1)
         return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the backend process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """Kill the backend at once with SIGKILL: a crash, no shutdown code runs."""
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -34,6 +34,7 @@ from softphone.errors import (
     ValidationError,
 )
 from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.redis_server import LocalRedisServer
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
 from softphone.protocol import TransferService
@@ -66,6 +67,9 @@ class TransferEnv:
     minter: TokenMinter
     service_for: Callable[[str], TransferService]
     backend: BackendProcess | None = None
+    # The service plays hold audio with a participant of its own (the path
+    # for callers without an app); else A's app plays it.
+    service_holds: bool = False
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +101,7 @@ async def embedded_env(
                 kind="embedded",
                 url=livekit_server.url,
                 lobby="lobby-embedded",
+                service_holds=True,
                 minter=minter,
                 service_for=lambda identity: service,
             )
@@ -106,31 +111,53 @@ async def embedded_env(
 async def backend_env(
     livekit_server: LocalLiveKitServer,
     minter: TokenMinter,
+    redis_server: LocalRedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[TransferEnv]:
-    """The real backend under uvicorn (a child process), one per session."""
+    """Two real backend replicas under uvicorn (child processes) on one Redis, one per session.
+
+    Identities alternate between them (see :func:`clients_env`), so in every
+    scenario the caller, A and B reach different replicas: whatever one
+    replica does, the other must know.
+    """
+    first = BackendProcess(
+        livekit_server=livekit_server,
+        workdir=tmp_path_factory.mktemp("backend"),
+        lobby="lobby-backend",
+        offer_timeout_s=OFFER_TIMEOUT_S,
+        redis_url=redis_server.url,
+    )
+    second = BackendProcess(
+        livekit_server=livekit_server,
+        workdir=tmp_path_factory.mktemp("backend-2"),
+        lobby="lobby-backend",
+        offer_timeout_s=OFFER_TIMEOUT_S,
+        replica_of=first,
+        redis_url=redis_server.url,
+    )
     async with (
-        BackendProcess(
-            livekit_server=livekit_server,
-            workdir=tmp_path_factory.mktemp("backend"),
-            lobby="lobby-backend",
-            offer_timeout_s=OFFER_TIMEOUT_S,
-        ) as backend,
-        clients_env(backend, url=livekit_server.url, minter=minter) as env,
+        first,
+        second,
+        clients_env([first, second], url=livekit_server.url, minter=minter) as env,
     ):
         yield env
 
 
 @contextlib.asynccontextmanager
 async def clients_env(
-    backend: BackendProcess, *, url: str, minter: TokenMinter
+    backends: BackendProcess | list[BackendProcess], *, url: str, minter: TokenMinter
 ) -> AsyncIterator[TransferEnv]:
-    """A TransferEnv over ``backend``: one HTTP client per identity, all closed at the end."""
+    """A TransferEnv over the backend's replicas: one HTTP client per identity, closed at the end.
+
+    With several replicas, each new identity gets the next one in turn.
+    """
+    replicas = backends if isinstance(backends, list) else [backends]
+    backend = replicas[0]
     clients: dict[str, TransferService] = {}
 
     def service_for(identity: str) -> TransferService:
         if identity not in clients:
-            clients[identity] = backend.client_for(identity)
+            clients[identity] = replicas[len(clients) % len(replicas)].client_for(identity)
         return clients[identity]
 
     try:
@@ -234,7 +261,13 @@ async def open_call(
     # A caller whose client cannot obey a move (e.g. SIP) has no handler for it.
     guard = CommandGuard(await env.service_for(a_id).service_info())
     mover = CallerMover(session=c_session, mic=caller.source, guard=guard) if caller_moves else None
-    a_call = AgentCall(session=a_session, mic=a.source, service=env.service_for(a_id), guard=guard)
+    a_call = AgentCall(
+        session=a_session,
+        mic=a.source,
+        service=env.service_for(a_id),
+        guard=guard,
+        hold_audio=not env.service_holds,
+    )
     b_grant = await env.service_for(b_id).mint_token(identity=b_id, room=env.lobby, role="agent")
     b_lobby = AgentLobby(
         lobby_token=b_grant.token,
@@ -261,6 +294,10 @@ async def open_call(
         await (mover if mover else c_session).aclose()
         for p in (caller, a, b):
             await p.tone.aclose()
+
+
+# The name of every participant's microphone track.
+MIC = "microphone"
 
 
 async def hears(
@@ -290,6 +327,52 @@ async def hears(
     if not windows:
         return 0.0
     return float(np.mean([tone_level(w, freq) > 0.05 for w in windows]))
+
+
+async def hears_track(
+    session: RtcSession, identity: str, name: str, freq: float, seconds: float = 0.6
+) -> float:
+    """Share of 10 ms windows of ``identity``'s track ``name`` carrying ``freq`` (0.0: never)."""
+    audio = await session.wait_for_audio(identity, timeout_s=10.0, name=name)
+    listener = Listener(audio)
+    deadline = time.monotonic() + 5.0
+    onset = None
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            if onset is None:
+                onset = listener.capture.first_time_with(freq, after=0.0)
+            if onset is not None and time.monotonic() > onset + seconds + 0.1:
+                break
+    finally:
+        await listener.aclose()
+    if onset is None:
+        return 0.0
+    windows = [w for t, w in listener.capture.windows() if onset + 0.1 <= t <= onset + seconds]
+    return float(np.mean([tone_level(w, freq) > 0.05 for w in windows])) if windows else 0.0
+
+
+async def silent_track(
+    session: RtcSession, identity: str, name: str, freq: float, seconds: float = 0.8
+) -> bool:
+    """True if ``freq`` is absent from ``identity``'s track ``name`` (or it is gone) for ``seconds``."""
+    try:
+        audio = await session.wait_for_audio(identity, timeout_s=1.0, name=name)
+    except SoftphoneError:
+        return True
+    listener = Listener(audio)
+    await asyncio.sleep(seconds)
+    await listener.aclose()
+    return all(tone_level(w, freq) < 0.02 for _, w in listener.capture.windows())
+
+
+def tracks_of(session: RtcSession, identity: str, name: str | None = None) -> list[str]:
+    """Names of ``identity``'s tracks ``session`` receives now."""
+    return [
+        a.name
+        for a in session.remote_tracks()
+        if a.identity == identity and (name is None or a.name == name)
+    ]
 
 
 async def silent(session: RtcSession, identity: str, freq: float, seconds: float = 0.8) -> bool:

@@ -14,6 +14,7 @@ from livekit import rtc
 from softphone.client.commands import CommandGuard
 from softphone.domain.transcript import TranscriptSegment
 from softphone.domain.transfer import Mode
+from softphone.media.hold import HOLD_TRACK
 from softphone.media.session import RtcSession
 from softphone.protocol import RPC_JOIN, TokenGrant
 from softphone.server.room_admin import RoomAdmin
@@ -26,6 +27,7 @@ from tests.transfer.conftest import (
     TransferEnv,
     eventually,
     hears,
+    hears_track,
     open_call,
     room_exists,
     silent,
@@ -60,10 +62,19 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         b_session = await call.b_lobby.accept(offer.transfer_id)
         snap = await a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
         # On hold (offering and consulting): the caller hears the hold tone, not A.
-        assert await hears(call.caller_session, f"hold-{ticket.transfer_id}", HOLD_HZ) > HEARD
-        # ...which is for the caller only: A, consulting meanwhile, does not get it.
-        assert f"hold-{ticket.transfer_id}" in call.a_call.session.remote_identities()
-        assert await silent(call.a_call.session, f"hold-{ticket.transfer_id}", HOLD_HZ)
+        if not transfer_env.service_holds:
+            # A's app plays it (the backend's callers are apps), on a track
+            # only the caller may receive.
+            assert (
+                await hears_track(call.caller_session, call.a.identity, HOLD_TRACK, HOLD_HZ) > HEARD
+            )
+        else:
+            # The service's own hold participant (for callers without an app).
+            hold = f"hold-{ticket.transfer_id}"
+            assert await hears(call.caller_session, hold, HOLD_HZ) > HEARD
+            # ...which is for the caller only: A, consulting meanwhile, does not get it.
+            assert hold in call.a_call.session.remote_identities()
+            assert await silent(call.a_call.session, hold, HOLD_HZ)
         assert call.a_call.session.muted
         assert await silent(call.caller_session, call.a.identity, A_HZ)
         meta = json.loads(b_session.room.metadata)
