@@ -59,6 +59,7 @@ class BackendProcess:
             private one).
         replica_of: Another replica of the same deployment: the same keys,
             command-signing key and Redis key prefix.
+        port: Its port (default: a free one).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class BackendProcess:
         extra_env: dict[str, str] | None = None,
         redis_url: str | None = None,
         replica_of: BackendProcess | None = None,
+        port: int | None = None,
     ) -> None:
         self._lk = livekit_server
         self.redis_url = redis_url
@@ -95,7 +97,7 @@ class BackendProcess:
             else {ident: secrets.token_urlsafe(24) for ident, _ in identities()}
         )
         self.roles = dict(identities())
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "backend.log"
         self._proc: subprocess.Popen[bytes] | None = None
