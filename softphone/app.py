@@ -203,11 +203,9 @@ async def open_transfer_service(
     call registry and mints tokens for the parties of its calls only.
     """
     if settings.backend_url:
-        from softphone.client.remote_service import RemoteTransferService
+        from softphone.client.context import remote_transfer_service
 
-        return await stack.enter_async_context(
-            RemoteTransferService(base_url=settings.backend_url, api_key=settings.backend_api_key)
-        )
+        return await stack.enter_async_context(remote_transfer_service(settings))
     if access.api_secret is None or not access.api_key:
         return None
     from softphone.server.command_signer import CommandSigner

@@ -20,14 +20,18 @@ and are never written to the settings file.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
+
+import idna
 
 from softphone.errors import ConfigError
 
@@ -36,6 +40,8 @@ SttProvider = Literal["local", "assemblyai", "openai"]
 SummarizerProvider = Literal["offline", "openai"]
 Theme = Literal["light", "dark"]
 
+# More replicas than this in ``backend_url`` is a mistake (each is tried in turn).
+MAX_BACKEND_URLS = 8
 PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SETTINGS_FILE = "settings.json"
 
@@ -101,7 +107,11 @@ class Settings:
     livekit_server_bin: str = _field("", "path to a livekit-server binary to use")
     token_ttl_s: int = _field(600, "lifetime of minted access tokens, seconds", min=10, max=86400)
 
-    backend_url: str = _field("", "softphone backend URL (empty: embedded services)")
+    backend_url: str = _field(
+        "",
+        "softphone backend URL, or the URLs of its replicas separated by commas, tried in"
+        " turn (empty: embedded services)",
+    )
     backend_api_key: Secret | None = _field(None, "API key for the backend", secret=True)
     command_signing_key: Secret | None = _field(
         None,
@@ -201,6 +211,11 @@ class Settings:
         return self.identity or f"{self.role}-{self.profile}"
 
     @property
+    def backend_urls(self) -> tuple[str, ...]:
+        """The backend's URLs in the order they are tried (empty: embedded services)."""
+        return parse_backend_urls(self.backend_url)
+
+    @property
     def embedded_server(self) -> bool:
         """True when no LiveKit URL is configured and a local server is started."""
         return not self.livekit_url
@@ -281,6 +296,84 @@ def _coerce(name: str, raw: Any, source: str) -> Any:
     return value
 
 
+def parse_backend_urls(text: str) -> tuple[str, ...]:
+    """The URLs in a ``backend_url`` setting: one, or several replicas' separated by commas.
+
+    Each must be ``http(s)://host[:port][/path]``. Credentials in a URL are
+    refused (they would end up in logs and settings files; the key goes in
+    ``backend_api_key``), and so are a query or a fragment (the client adds
+    the API's paths to the URL). Messages name an entry by its position,
+    never by its text, which could hold a password.
+
+    Args:
+        text: The setting's text; blanks around each URL are dropped.
+
+    Returns:
+        The URLs in order (empty for empty text: embedded services).
+
+    Raises:
+        ConfigError: An entry is empty or not such a URL, a URL appears
+            twice, or there are more than :data:`MAX_BACKEND_URLS`.
+    """
+    if not text.strip():
+        return ()
+    entries = [entry.strip() for entry in text.split(",")]
+    if len(entries) > MAX_BACKEND_URLS:
+        raise ConfigError(
+            f"backend_url: at most {MAX_BACKEND_URLS} URLs (one per backend replica),"
+            f" not {len(entries)}"
+        )
+    seen: set[str] = set()
+    for n, entry in enumerate(entries, 1):
+        where = "backend_url" if len(entries) == 1 else f"backend_url (URL {n} of {len(entries)})"
+        key = _check_backend_url(entry, where)
+        if key in seen:
+            raise ConfigError(f"{where}: the same URL is listed twice")
+        seen.add(key)
+    return tuple(entries)
+
+
+def _check_backend_url(url: str, where: str) -> str:
+    """Raise ConfigError unless ``url`` is ``http(s)://host[:port][/path]``.
+
+    Returns:
+        The URL as compared with the others (scheme and host in lower case,
+        no trailing slash).
+    """
+    if not url:
+        raise ConfigError(f"{where}: empty; separate URLs with single commas")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        raise ConfigError(f"{where}: expected an http:// or https:// URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where}: expected an http:// or https:// URL")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"{where}: a URL holds no blanks or control characters")
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"{where}: no user name or password in the URL;"
+            " give the API key in SOFTPHONE_BACKEND_API_KEY or the keychain"
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(f"{where}: expected http(s)://host[:port][/path], with no ? or #")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: the port must be a number from 1 to 65535") from None
+    if port == 0 or parts.netloc.endswith(":"):
+        raise ConfigError(f"{where}: the port must be a number from 1 to 65535")
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            idna.encode(host, uts46=True)
+        except UnicodeError:  # idna.IDNAError and its kinds
+            raise ConfigError(f"{where}: the host is not a valid host name") from None
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+
+
 def _validate(values: dict[str, Any]) -> None:
     if not PROFILE_RE.match(values["profile"]):
         raise ConfigError(
@@ -290,7 +383,8 @@ def _validate(values: dict[str, Any]) -> None:
         url = values[key]
         if url and not re.match(r"^(wss?|https?)://[^\s/]+", url):
             raise ConfigError(f"{key}: expected a ws://, wss://, http:// or https:// URL")
-    for key in ("backend_url", "assemblyai_base_url", "openai_base_url"):
+    values["backend_url"] = ",".join(parse_backend_urls(values["backend_url"]))
+    for key in ("assemblyai_base_url", "openai_base_url"):
         url = values[key]
         if url and not re.match(r"^https?://[^\s/]+", url):
             raise ConfigError(f"{key}: expected an http:// or https:// URL")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from softphone.config import Secret, load_settings, save_settings
+from softphone.config import MAX_BACKEND_URLS, Secret, load_settings, save_settings
 from softphone.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -139,3 +139,92 @@ def test_settings_round_trip_per_profile(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         save_settings(a2, {"offer_timeout_s": -1})
     assert load_settings({"profile": "a"}, env=_env(tmp_path)).offer_timeout_s == 45.0
+
+
+# ---- backend_url: one backend, or the replicas of one ----------------------------------
+def test_backend_url_takes_a_list_of_replicas(tmp_path: Path) -> None:
+    s = load_settings(
+        {"backend_url": " http://10.0.0.5:8000 , https://backend-2.example.test/softphone/ "},
+        env=_env(tmp_path),
+    )
+    assert s.backend_urls == ("http://10.0.0.5:8000", "https://backend-2.example.test/softphone/")
+    assert s.backend_url == "http://10.0.0.5:8000,https://backend-2.example.test/softphone/"
+    # From the environment too, and at most MAX_BACKEND_URLS of them.
+    many = ",".join(f"http://[::1]:{8000 + n}" for n in range(MAX_BACKEND_URLS))
+    s = load_settings(env=_env(tmp_path, SOFTPHONE_BACKEND_URL=many))
+    assert len(s.backend_urls) == MAX_BACKEND_URLS == 8
+    assert s.backend_urls[0] == "http://[::1]:8000"
+
+
+def test_a_single_backend_url_is_kept_as_it_was(tmp_path: Path) -> None:
+    s = load_settings({"backend_url": "https://backend.example.test:8443/"}, env=_env(tmp_path))
+    assert s.backend_url == "https://backend.example.test:8443/"
+    assert s.backend_urls == ("https://backend.example.test:8443/",)
+    assert load_settings(env=_env(tmp_path)).backend_urls == ()
+    # Saved and read back from the profile's file unchanged.
+    saved = save_settings(s, {"backend_url": "http://127.0.0.1:8000"})
+    assert saved.backend_urls == ("http://127.0.0.1:8000",)
+    assert load_settings({"profile": "default"}, env=_env(tmp_path)).backend_url == (
+        "http://127.0.0.1:8000"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("http://a.test,ftp://b.test", "backend_url (URL 2 of 2): expected an http"),
+        ("http://a.test,,http://b.test", "backend_url (URL 2 of 3): empty"),
+        ("http://a.test,", "backend_url (URL 2 of 2): empty"),
+        ("http://a.test/?debug=1", "backend_url: expected http(s)://host[:port][/path]"),
+        ("http://a.test/#x", "with no ? or #"),
+        ("http://a.test:99999", "the port must be a number from 1 to 65535"),
+        ("http://a.test:0", "the port must be a number"),
+        ("http://a.test:", "the port must be a number"),
+        ("http://bad_host.test", "the host is not a valid host name"),
+        ("http://-bad.test", "the host is not a valid host name"),
+        ("http://[::1", "expected an http"),
+        ("http://a.test/x y", "no blanks or control characters"),
+        ("http://a.test/\x00", "no blanks or control characters"),
+        ("https:///path-only", "expected an http"),
+        ("http://a.test/, HTTP://A.TEST", "backend_url (URL 2 of 2): the same URL is listed twice"),
+    ],
+)
+def test_a_bad_backend_url_entry_is_a_clear_error(tmp_path: Path, value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"backend_url": value}, env=_env(tmp_path))
+    assert needle in info.value.message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://agent-7:hunter2@backend.example.test",
+        "http://a.test, http://hunter2@b.test:8000/sp",
+        "http://:hunter2@a.test",
+    ],
+)
+def test_credentials_in_a_backend_url_are_refused_and_never_shown(
+    tmp_path: Path, value: str
+) -> None:
+    for overrides, env in (
+        ({"backend_url": value}, _env(tmp_path)),
+        ({}, _env(tmp_path, SOFTPHONE_BACKEND_URL=value)),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_settings(overrides, env=env)
+        assert "no user name or password" in info.value.message
+        assert "SOFTPHONE_BACKEND_API_KEY" in info.value.message
+        shown = f"{info.value.message} {info.value!s} {info.value!r} {info.value.details}"
+        assert "hunter2" not in shown
+    s = load_settings(env=_env(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        save_settings(s, {"backend_url": value})
+    assert "hunter2" not in info.value.message
+    assert not (s.profile_dir / "settings.json").exists(), "nothing half-saved"
+
+
+def test_too_many_backend_urls_is_a_clear_error(tmp_path: Path) -> None:
+    value = ",".join(f"http://replica-{n}.example.test" for n in range(MAX_BACKEND_URLS + 1))
+    with pytest.raises(ConfigError) as info:
+        load_settings({"backend_url": value}, env=_env(tmp_path))
+    assert info.value.message == "backend_url: at most 8 URLs (one per backend replica), not 9"

@@ -2,13 +2,15 @@
 
 Built by the composition root (``softphone.app``) and handed to every window;
 holds no Qt and no LiveKit secret: tokens come from the transfer service
-(embedded or remote), which mints them only for parties of a room.
+(embedded, or remote: :func:`remote_transfer_service` over every backend URL
+of the settings), which mints them only for parties of a room.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Settings
 from softphone.errors import ConfigError
 from softphone.protocol import ServiceInfo, SupervisorMode, TokenRoleName, TransferService
@@ -69,3 +71,16 @@ class AppContext:
             identity=identity, room=room, role=role, supervisor_mode=supervisor_mode
         )
         return grant.token
+
+
+def remote_transfer_service(settings: Settings) -> RemoteTransferService:
+    """The backend's transfer service for ``settings``, with the user's API key.
+
+    Every URL of ``backend_url`` is handed on, in order: one backend, or the
+    replicas of one, the next tried only when one cannot be reached. Use it
+    as ``async with`` (it owns an HTTP connection pool).
+
+    Raises:
+        ConfigError: No backend URL, or no API key (``SOFTPHONE_BACKEND_API_KEY``).
+    """
+    return RemoteTransferService(base_url=settings.backend_urls, api_key=settings.backend_api_key)

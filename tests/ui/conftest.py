@@ -125,9 +125,13 @@ class Tone:
         await asyncio.to_thread(self._write)
 
     def _write(self) -> None:
-        with contextlib.suppress(BrokenPipeError):
-            self._stdin.write(self._pcm)
-            self._stdin.close()
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                self._stdin.write(self._pcm)
+        finally:
+            # Stopped early, the pipe is broken; the file is closed all the same.
+            with contextlib.suppress(BrokenPipeError):
+                self._stdin.close()
 
     def stop(self) -> None:
         """Stop playing."""

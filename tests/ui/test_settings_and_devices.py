@@ -68,6 +68,8 @@ def test_settings_round_trip_per_profile_and_keys_never_reach_files(
         ("livekit_url", "ftp://example.com", "livekit_url"),
         ("livekit_url", "wss://lk.example.com", "LIVEKIT_API_SECRET"),
         ("backend_url", "not a url", "backend_url"),
+        ("backend_url", "http://a.test, http://agent:pw@b.test", "no user name or password"),
+        ("backend_url", ",".join(f"http://r{n}.test" for n in range(9)), "at most 8"),
         ("openai_base_url", "file:///etc", "openai_base_url"),
         ("offer_timeout_s", 0.0, "offer_timeout_s"),
     ],

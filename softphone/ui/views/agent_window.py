@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, get_args
+import asyncio
+from typing import Any, cast, get_args
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -16,11 +17,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from softphone.client.agent_controller import AgentController, AgentEvent
+from softphone.client.agent_controller import AgentController, AgentEvent, MediaGap, ServiceLost
 from softphone.client.call_controller import CallController
 from softphone.client.context import AppContext
 from softphone.client.lobby import Offer, Withdrawn
-from softphone.domain.transfer import TransferSnapshot
+from softphone.domain.transfer import EndReason, ReasonCode, TransferSnapshot
 from softphone.errors import SoftphoneError, ValidationError
 from softphone.protocol import PRESENCES, CallInfo
 from softphone.ui.async_slot import run_task
@@ -35,6 +36,45 @@ from softphone.ui.widgets.transcript_view import TranscriptView
 
 # Every event of the agent controller reaches the window through the bridge.
 AGENT_EVENTS = get_args(AgentEvent)
+REASON_CODES = get_args(ReasonCode)
+
+
+def _sentence(text: str) -> str:
+    """``text`` as a sentence: capital first letter, final full stop."""
+    text = text.strip()
+    if not text:
+        return ""
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def withdrawn_text(withdrawn: Withdrawn) -> str:
+    """What B's window says about an offer that went away: why, in words.
+
+    The lobby's message says what happened; a typed reason from the service
+    (``caller_left``, ``cancelled``, ...) adds its description, never its code.
+    """
+    message = withdrawn.message or "the offer was withdrawn"
+    if withdrawn.reason in REASON_CODES:
+        detail = EndReason(cast(ReasonCode, withdrawn.reason)).describe()
+        if detail not in message:
+            message = f"{message} ({detail})"
+    return _sentence(message)
+
+
+def lost_text(lost: ServiceLost) -> str:
+    """What A's window says when its app walked away from a transfer the service lost."""
+    return (
+        f"{_sentence(lost.message)} The transfer was dropped and the caller is back with you"
+        " in the call."
+    )
+
+
+def gap_text(gap: MediaGap) -> str:
+    """The event-log line for a stretch of the call without audio."""
+    where = " in the consult with the other agent" if gap.leg == "consult" else ""
+    how = "rejoined the room" if gap.rejoined else "reconnected"
+    return f"no audio for {gap.end_s - gap.start_s:.1f} s{where}: connection lost ({how})"
 
 
 class AgentWindow(RoleWindow):
@@ -51,6 +91,8 @@ class AgentWindow(RoleWindow):
         self.agent = AgentController(calls=self.controller)
         self.closables += [self.controller, self.agent]
         self._summary_prepared = False
+        # Transfers this app left (the service was lost): their late news is only logged.
+        self._abandoned: set[str] = set()
         self._setup_ui()
         self.bridge.attach("agent", self.agent.events, AGENT_EVENTS)
         self.bridge.forwarded.connect(self._on_event)
@@ -187,14 +229,14 @@ class AgentWindow(RoleWindow):
         self.offer_panel.accept_btn.setEnabled(False)
         self.event_log.add("transfer", f"accepting the call from {offer.from_agent}")
         task = run_task(self.agent.accept(offer), report=self.show_error, what="accept")
-        task.add_done_callback(
-            lambda t: (
-                self.offer_panel.set_offer(
-                    None, "Accepted: you are in the call." if not t.exception() else ""
-                )
-                if not t.cancelled()
-                else None
-            )
+        task.add_done_callback(lambda t: self._on_accept_done(offer, t))
+
+    def _on_accept_done(self, offer: Offer, task: asyncio.Task[Any]) -> None:
+        # A dropped offer already says why on the panel (offer_withdrawn): leave it.
+        if task.cancelled() or self.offer_panel.offer is not offer:
+            return
+        self.offer_panel.set_offer(
+            None, "" if task.exception() is not None else "Accepted: you are in the call."
         )
 
     def _on_offer_decline(self, offer: Offer, reason: str) -> None:
@@ -211,12 +253,14 @@ class AgentWindow(RoleWindow):
             self.event_log.add("transfer", f"offer from {payload.from_agent}")
             self.show_info(f"Incoming transfer from {payload.from_agent}")
         elif name == "offer_withdrawn" and isinstance(payload, Withdrawn):
-            if self.offer_panel.offer and self.offer_panel.offer.transfer_id == payload.transfer_id:
-                self.offer_panel.set_offer(None, f"The offer was withdrawn ({payload.reason}).")
-            self.event_log.add("transfer", f"offer withdrawn ({payload.reason})")
+            self._on_offer_withdrawn(payload)
         elif name == "directory":
             self.transfer_panel.set_directory(list(payload))
         elif name == "transfer" and isinstance(payload, TransferSnapshot):
+            if payload.transfer_id in self._abandoned:
+                # The service is back and tells of a transfer this app already left.
+                self.event_log.add("transfer", f"{payload.phase} (a transfer already dropped)")
+                return
             self.transfer_panel.show_snapshot(payload)
             self.event_log.add(
                 "transfer",
@@ -226,6 +270,10 @@ class AgentWindow(RoleWindow):
                 self.call_panel.expect_end()
             if payload.phase in ("offering", "consulting"):
                 self.tabs.setCurrentWidget(self.transfer_panel)
+        elif name == "transfer_lost" and isinstance(payload, ServiceLost):
+            self._on_transfer_lost(payload)
+        elif name == "media_gap" and isinstance(payload, MediaGap):
+            self.event_log.add("connection", gap_text(payload))
         elif name == "segment":
             self.transcript.add_segment(payload)
         elif name == "transcript_error":
@@ -238,3 +286,23 @@ class AgentWindow(RoleWindow):
             self.event_log.add("lobby", "online in the agent directory")
         elif name == "call_assigned" and isinstance(payload, CallInfo):
             self.event_log.add("call", f"a call from {payload.caller} was assigned to you")
+
+    def _on_offer_withdrawn(self, withdrawn: Withdrawn) -> None:
+        text = withdrawn_text(withdrawn)
+        shown = self.offer_panel.offer
+        if shown is not None and shown.transfer_id == withdrawn.transfer_id:
+            self.offer_panel.set_offer(None, text)
+            self.show_info(text)
+        self.event_log.add("transfer", f"offer dropped: {text}")
+
+    def _on_transfer_lost(self, lost: ServiceLost) -> None:
+        """A's app took the caller back by itself: say so where it is seen; ready to talk."""
+        self._abandoned.add(lost.transfer_id)
+        self.transfer_panel.clear(_sentence(f"{lost.message}: the transfer was dropped"))
+        text = lost_text(lost)
+        if self.controller.muted:
+            # The caller is talking to A again: a mic left muted would be dead air.
+            # Through the button, so the panel and the controller agree.
+            self.call_panel.mute_btn.setChecked(False)
+            text += " Your microphone is on."
+        self.show_warning(text)

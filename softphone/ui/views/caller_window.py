@@ -11,6 +11,7 @@ from softphone.client.caller_mover import CallerMover
 from softphone.client.commands import CommandGuard
 from softphone.client.context import AppContext
 from softphone.client.legs import Moved
+from softphone.media.hold import HOLD_TRACK
 from softphone.media.session import RtcSession
 from softphone.ui.async_slot import run_task
 from softphone.ui.views.call_panel import CallPanel
@@ -62,10 +63,13 @@ class CallerWindow(RoleWindow):
             self.event_log.add("call", "on hold" if on_hold else "off hold")
 
     def _update_hold(self) -> None:
-        # The transfer service plays hold audio as a participant named hold-<id>.
+        # Hold audio comes from the agent's app (a track named "hold" only the
+        # caller receives) or, for callers without an app, from the service (a
+        # participant named hold-<id>).
         call = self.controller.call
-        held = call is not None and any(
-            i.startswith("hold-") for i in call.session.remote_identities()
+        held = call is not None and (
+            any(a.name == HOLD_TRACK for a in call.session.remote_tracks())
+            or any(i.startswith("hold-") for i in call.session.remote_identities())
         )
         self.set_on_hold(held)
 
@@ -81,7 +85,12 @@ class CallerWindow(RoleWindow):
             self._update_hold()
         elif source == "controller" and name == "leg_closed" and payload == "call":
             self.set_on_hold(False)
-        elif source == "call" and name in ("participant_joined", "participant_left"):
+        elif source == "call" and name in (
+            "participant_joined",
+            "participant_left",
+            "remote_audio",
+            "remote_audio_ended",
+        ):
             self._update_hold()
         elif source == "mover" and name == "moved" and isinstance(payload, Moved):
             self.event_log.add("call", f"moved to {payload.room} (transfer)")

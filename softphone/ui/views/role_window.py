@@ -52,6 +52,11 @@ class RoleWindow(QMainWindow):
         self.messages.show_message(text, "error")
         self.event_log.add("error", text)
 
+    def show_warning(self, text: str) -> None:
+        """Show something the user must know, non-modal, until dismissed; and log it."""
+        self.messages.show_message(text, "warning")
+        self.event_log.add("warning", text)
+
     def show_info(self, text: str) -> None:
         """Show a notice that hides by itself."""
         self.messages.show_message(text, "info")

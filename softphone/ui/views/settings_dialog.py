@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from softphone.config import KEYCHAIN_SERVICE, Settings, save_settings
+from softphone.config import FIELDS, KEYCHAIN_SERVICE, Settings, save_settings
 from softphone.errors import ConfigError
 from softphone.ui.widgets.message_bar import MessageBar
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _FIELDS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("livekit_url", "LiveKit &URL (empty: embedded)", "text", ()),
     ("livekit_api_key", "LiveKit API &key", "text", ()),
-    ("backend_url", "&Backend URL (empty: embedded)", "text", ()),
+    ("backend_url", "&Backend URL(s) (empty: embedded)", "text", ()),
     ("stt_provider", "&STT provider", "choice", ("local", "assemblyai", "openai")),
     ("stt_model", "STT &model", "text", ()),
     ("summarizer", "Summari&zer", "choice", ("offline", "openai")),
@@ -37,6 +37,8 @@ _FIELDS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("recordings_dir", "Recording &folder (empty: profile)", "text", ()),
     ("theme", "&Theme", "choice", ("light", "dark")),
 )
+# What an empty text field would take, where the label cannot say it all.
+_PLACEHOLDERS = {"backend_url": "a URL, or several separated by commas"}
 _SECRETS: tuple[tuple[str, str], ...] = (
     ("backend_api_key", "Backend API key"),
     ("openai_api_key", "OpenAI API key"),
@@ -100,7 +102,10 @@ class SettingsDialog(QDialog):
                 editor = spin
             else:
                 text = "" if str(value) in ("", ".") else str(value)
-                editor = QLineEdit(text)
+                line = QLineEdit(text)
+                line.setPlaceholderText(_PLACEHOLDERS.get(name, ""))
+                editor = line
+            editor.setToolTip(FIELDS[name].metadata["help"])
             editor.setAccessibleName(label.replace("&", "").split(" (")[0])
             lbl = QLabel(label)
             lbl.setBuddy(editor)

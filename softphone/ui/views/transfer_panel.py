@@ -189,6 +189,16 @@ class TransferPanel(QWidget):
         self._render_phase()
         self._update_buttons()
 
+    def clear(self, note: str = "") -> None:
+        """Show no transfer any more, with ``note`` saying why (e.g. this app left it)."""
+        self.snapshot = None
+        self._timer.stop()
+        self._started_at = None
+        self.retry_btn.hide()
+        self.reason.setText(note)
+        self._render_phase()
+        self._update_buttons()
+
     def _render_phase(self) -> None:
         snap = self.snapshot
         if snap is None:
