@@ -102,6 +102,29 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
             ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
+async def stop_process(
+    proc: subprocess.Popen[bytes], grace: float, *, stop: signal.Signals = signal.SIGTERM
+) -> None:
+    """Stop a managed child: ``stop`` to it, SIGKILL to its group after ``grace`` seconds.
+
+    No grace is a crash: SIGKILL to the whole group at once.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            if grace > 0:
+                os.kill(proc.pid, stop)
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        # Popen has no awaitable wait; poll briefly (a stop takes a few ms to ~100 ms).
+        while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def server_config(
     host: str,
     ports: ServerPorts,
@@ -369,20 +392,8 @@ class LocalLiveKitServer:
     async def aclose(self, grace: float = 5.0) -> None:
         """Stop the server: SIGTERM, then SIGKILL after ``grace`` seconds."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                # No grace: a crash (SIGKILL at once), not a stop.
-                os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-            deadline = time.monotonic() + grace
-            # Popen has no awaitable wait; poll briefly (a stop takes ~100 ms).
-            while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc is not None:
+            await stop_process(proc, grace)
 
     async def restart(self, *, kill: bool = True, down_s: float = 0.0) -> None:
         """Stop the server (SIGKILL, or a clean stop) and start it on the same ports.

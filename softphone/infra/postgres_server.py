@@ -39,7 +39,12 @@ import asyncpg
 
 from softphone.config import Secret
 from softphone.errors import ConfigError, LocalServerError, ValidationError
-from softphone.infra.local_server import _die_with_parent, _private_opener, free_port
+from softphone.infra.local_server import (
+    _die_with_parent,
+    _private_opener,
+    free_port,
+    stop_process,
+)
 
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 # Who owns and runs the cluster when this process is root.
@@ -472,22 +477,8 @@ class LocalPostgres:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                # SIGINT is PostgreSQL's fast shutdown: sessions end, data are
-                # flushed. No grace: a crash of the whole group at once.
-                if grace > 0:
-                    os.kill(proc.pid, signal.SIGINT)
-                else:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            deadline = time.monotonic() + grace
-            # Popen has no awaitable wait; poll briefly.
-            while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        # SIGINT is PostgreSQL's fast shutdown: sessions end, data are flushed.
+        await stop_process(proc, grace, stop=signal.SIGINT)
         # Backends leave when the postmaster does; make sure none is left.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -22,7 +22,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -39,7 +38,12 @@ from redis.backoff import NoBackoff
 
 from softphone.config import Secret
 from softphone.errors import ConfigError, LocalServerError
-from softphone.infra.local_server import _die_with_parent, _private_opener, free_port
+from softphone.infra.local_server import (
+    _die_with_parent,
+    _private_opener,
+    free_port,
+    stop_process,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,19 +349,8 @@ class LocalRedisServer:
     async def _stop(self, grace: float) -> None:
         """SIGTERM (a clean shutdown, no save), SIGKILL after ``grace`` s; 0: SIGKILL at once."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-            deadline = time.monotonic() + grace
-            # Popen has no awaitable wait; poll briefly (a stop takes a few ms).
-            while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc is not None:
+            await stop_process(proc, grace)
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Stop the server and remove its directory if this object made it."""
