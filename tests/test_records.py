@@ -24,7 +24,6 @@ from softphone.domain.summary import SummaryCard
 from softphone.errors import HistoryError, NotFoundError, SoftphoneError, ValidationError
 from softphone.infra.local_server import LocalLiveKitServer
 from softphone.infra.postgres_server import LocalPostgres
-from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter
 from softphone.store.records import (
     MAX_LIMIT,
@@ -32,7 +31,7 @@ from softphone.store.records import (
     SCHEMA_VERSION,
     PostgresRecords,
 )
-from tests.transfer.conftest import TransferEnv, eventually, open_call
+from tests.transfer.conftest import embedded_service, eventually, open_call
 
 pytestmark = pytest.mark.integration
 
@@ -468,55 +467,30 @@ async def test_search_among_ten_thousand_calls(records: PostgresRecords, db: Sec
 async def test_a_real_transfer_leaves_its_chain_of_custody(
     records: PostgresRecords, livekit_server: LocalLiveKitServer, minter: TokenMinter
 ) -> None:
-    from softphone.server.transfer_orchestrator import TransferOrchestrator
-    from softphone.speech.offline_summarizer import OfflineSummarizer
-
     lobby = f"lobby-records-{uuid.uuid4().hex[:6]}"
-    async with RoomAdmin(
-        url=livekit_server.url,
-        api_key=livekit_server.api_key,
-        api_secret=livekit_server.api_secret,
-    ) as rooms:
-        service = TransferOrchestrator(
-            url=livekit_server.url,
-            rooms=rooms,
-            minter=minter,
-            summarizer=OfflineSummarizer(timeout_s=3.0),
-            fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
-            lobby_room=lobby,
-            offer_timeout_s=10.0,
-            history=records,
-        )
-        async with service:
-            env = TransferEnv(
-                kind="embedded",
-                url=livekit_server.url,
-                lobby=lobby,
-                minter=minter,
-                service_for=lambda identity: service,
-            )
-            async with open_call(env, prefix="records") as call:
-                ticket = await call.a_call.transfer(
-                    caller=call.caller.identity, to_agent=call.b.identity
-                )
-                offer = await call.next_offer(timeout_s=30.0)
-                await call.b_lobby.decline(offer.transfer_id, "in a meeting")
-                await call.a_service.wait_for_phase(
-                    ticket.transfer_id, ["returned"], timeout_s=30.0
-                )
-                a, b = call.a.identity, call.b.identity
+    async with (
+        embedded_service(
+            livekit_server, minter, lobby=lobby, offer_timeout_s=10.0, history=records
+        ) as env,
+        open_call(env, prefix="records") as call,
+    ):
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=call.b.identity)
+        offer = await call.next_offer(timeout_s=30.0)
+        await call.b_lobby.decline(offer.transfer_id, "in a meeting")
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["returned"], timeout_s=30.0)
+        a, b = call.a.identity, call.b.identity
 
-                async def outcome_recorded() -> bool:
-                    page = await records.search_calls(identity=b, role="agent")
-                    if not page.calls:
-                        return False
-                    got = await records.get_call(page.calls[0].call_id, identity=b, role="agent")
-                    return bool(got.outcomes)
+        async def outcome_recorded() -> bool:
+            page = await records.search_calls(identity=b, role="agent")
+            if not page.calls:
+                return False
+            got = await records.get_call(page.calls[0].call_id, identity=b, role="agent")
+            return bool(got.outcomes)
 
-                await eventually(outcome_recorded, timeout_s=30.0)
-                page = await records.search_calls(identity=b, role="agent")
-                assert len(page.calls) == 1 and page.calls[0].room == call.room
-                dossier = await records.get_call(page.calls[0].call_id, identity=a, role="agent")
+        await eventually(outcome_recorded, timeout_s=30.0)
+        page = await records.search_calls(identity=b, role="agent")
+        assert len(page.calls) == 1 and page.calls[0].room == call.room
+        dossier = await records.get_call(page.calls[0].call_id, identity=a, role="agent")
     phases = [e.phase for e in dossier.transfers]
     assert phases[0] == "preparing" and "offering" in phases and phases[-1] == "returned"
     assert {e.transfer_id for e in dossier.transfers} == {ticket.transfer_id}

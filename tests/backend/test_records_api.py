@@ -26,10 +26,10 @@ from softphone.config import Secret
 from softphone.domain.summary import SummaryCard
 from softphone.infra.local_server import LocalLiveKitServer, free_port
 from softphone.infra.postgres_server import LocalPostgres
-from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter
 from softphone.store.records import PostgresRecords
 from tests.backend.conftest import until
+from tests.transfer.conftest import embedded_service
 
 pytestmark = pytest.mark.integration
 
@@ -69,28 +69,13 @@ async def records_app(
     livekit_server: LocalLiveKitServer, minter: TokenMinter, get_records: Callable[[], Any]
 ) -> AsyncIterator[str]:
     """The backend's app with the records router, served; yields its URL."""
-    from softphone.server.transfer_orchestrator import TransferOrchestrator
-    from softphone.speech.offline_summarizer import OfflineSummarizer
-
-    async with RoomAdmin(
-        url=livekit_server.url,
-        api_key=livekit_server.api_key,
-        api_secret=livekit_server.api_secret,
-    ) as rooms:
-        service = TransferOrchestrator(
-            url=livekit_server.url,
-            rooms=rooms,
-            minter=minter,
-            summarizer=OfflineSummarizer(timeout_s=3.0),
-            fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
-            lobby_room=f"lobby-records-api-{uuid.uuid4().hex[:6]}",
-        )
-        async with service:
-            keys = KeyRing({KEYS[i]: Principal(i, r) for i, r in WHO.items()})  # type: ignore[arg-type]
-            app = create_app(service=service, keys=keys)
-            app.include_router(records_router(get_records, principal))
-            async with serve(app) as url:
-                yield url
+    lobby = f"lobby-records-api-{uuid.uuid4().hex[:6]}"
+    async with embedded_service(livekit_server, minter, lobby=lobby) as env:
+        keys = KeyRing({KEYS[i]: Principal(i, r) for i, r in WHO.items()})  # type: ignore[arg-type]
+        app = create_app(service=env.service_for(""), keys=keys)
+        app.include_router(records_router(get_records, principal))
+        async with serve(app) as url:
+            yield url
 
 
 @pytest.fixture

@@ -72,39 +72,61 @@ class TransferEnv:
     service_holds: bool = False
 
 
+@contextlib.asynccontextmanager
+async def embedded_service(
+    server: LocalLiveKitServer,
+    minter: TokenMinter,
+    *,
+    lobby: str,
+    url: str | None = None,
+    **options: Any,
+) -> AsyncIterator[TransferEnv]:
+    """An embedded orchestrator administering ``server``, as a TransferEnv; closed at the end.
+
+    Args:
+        server: The LiveKit server (node) whose API the service uses.
+        minter: Mints tokens that server accepts.
+        lobby: The lobby room.
+        url: The LiveKit URL handed to the apps (default: ``server``'s).
+        options: More :class:`TransferOrchestrator` arguments (offline
+            summaries, the suite's timeouts and the service's own hold audio
+            unless given).
+    """
+    from softphone.server.transfer_orchestrator import TransferOrchestrator
+    from softphone.speech.offline_summarizer import OfflineSummarizer
+
+    options = {
+        "summarizer": OfflineSummarizer(timeout_s=3.0),
+        "fallback_summarizer": OfflineSummarizer(timeout_s=3.0),
+        "offer_timeout_s": OFFER_TIMEOUT_S,
+        "move_timeout_s": 8.0,
+        "call_join_grace_s": CALL_JOIN_GRACE_S,
+        **options,
+    }
+    async with RoomAdmin(
+        url=server.url, api_key=server.api_key, api_secret=server.api_secret
+    ) as rooms:
+        service = TransferOrchestrator(
+            url=url or server.url, rooms=rooms, minter=minter, lobby_room=lobby, **options
+        )
+        async with service:
+            yield TransferEnv(
+                kind="embedded",
+                url=url or server.url,
+                lobby=lobby,
+                minter=minter,
+                service_for=lambda identity: service,
+                service_holds=options.get("hold_audio", True),
+            )
+
+
 @pytest.fixture(scope="session")
 async def embedded_env(
     livekit_server: LocalLiveKitServer, minter: TokenMinter
 ) -> AsyncIterator[TransferEnv]:
     """The embedded orchestrator, one per session."""
-    from softphone.server.transfer_orchestrator import TransferOrchestrator
-    from softphone.speech.offline_summarizer import OfflineSummarizer
-
-    async with RoomAdmin(
-        url=livekit_server.url,
-        api_key=livekit_server.api_key,
-        api_secret=livekit_server.api_secret,
-    ) as rooms:
-        service = TransferOrchestrator(
-            url=livekit_server.url,
-            rooms=rooms,
-            minter=minter,
-            summarizer=OfflineSummarizer(timeout_s=3.0),
-            fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
-            lobby_room="lobby-embedded",
-            offer_timeout_s=OFFER_TIMEOUT_S,
-            move_timeout_s=8.0,
-            call_join_grace_s=CALL_JOIN_GRACE_S,
-        )
-        async with service:
-            yield TransferEnv(
-                kind="embedded",
-                url=livekit_server.url,
-                lobby="lobby-embedded",
-                service_holds=True,
-                minter=minter,
-                service_for=lambda identity: service,
-            )
+    async with embedded_service(livekit_server, minter, lobby="lobby-embedded") as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

@@ -25,21 +25,17 @@ from softphone.client.caller_mover import CallerMover
 from softphone.client.commands import CommandGuard
 from softphone.client.lobby import AgentLobby, Offer
 from softphone.media.session import RtcSession
-from softphone.server.room_admin import RoomAdmin
 from softphone.server.token_minter import TokenMinter
-from softphone.server.transfer_orchestrator import TransferOrchestrator
-from softphone.speech.offline_summarizer import OfflineSummarizer
 from tests.livekit_cluster import LiveKitCluster, local_cluster
 from tests.transfer.conftest import (
     A_HZ,
     B_HZ,
-    CALL_JOIN_GRACE_S,
     CALLER_HZ,
     HEARD,
     HOLD_HZ,
-    OFFER_TIMEOUT_S,
     Call,
     TransferEnv,
+    embedded_service,
     eventually,
     hears,
     ids,
@@ -64,28 +60,10 @@ async def cluster(artifacts_dir: Path) -> AsyncIterator[LiveKitCluster]:
 async def cluster_env(cluster: LiveKitCluster) -> AsyncIterator[TransferEnv]:
     """The embedded orchestrator on the cluster: API through node B, clients sent to node A."""
     minter = TokenMinter(api_key=cluster.api_key, api_secret=cluster.api_secret)
-    async with RoomAdmin(
-        url=cluster.nodes[NODE_B].url, api_key=cluster.api_key, api_secret=cluster.api_secret
-    ) as rooms:
-        service = TransferOrchestrator(
-            url=cluster.nodes[NODE_A].url,
-            rooms=rooms,
-            minter=minter,
-            summarizer=OfflineSummarizer(timeout_s=3.0),
-            fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
-            lobby_room=LOBBY,
-            offer_timeout_s=OFFER_TIMEOUT_S,
-            move_timeout_s=8.0,
-            call_join_grace_s=CALL_JOIN_GRACE_S,
-        )
-        async with service:
-            yield TransferEnv(
-                kind="embedded",
-                url=cluster.nodes[NODE_A].url,
-                lobby=LOBBY,
-                minter=minter,
-                service_for=lambda identity: service,
-            )
+    async with embedded_service(
+        cluster.nodes[NODE_B], minter, lobby=LOBBY, url=cluster.nodes[NODE_A].url
+    ) as env:
+        yield env
 
 
 @contextlib.asynccontextmanager

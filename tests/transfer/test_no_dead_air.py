@@ -43,6 +43,7 @@ from tests.transfer.conftest import (
     Call,
     TransferEnv,
     clients_env,
+    embedded_service,
     eventually,
     hears,
     hears_track,
@@ -91,34 +92,11 @@ async def quiet_env(
     livekit_server: LocalLiveKitServer, minter: TokenMinter
 ) -> AsyncIterator[TransferEnv]:
     """The embedded service without hold audio of its own: A's app plays it."""
-    from softphone.server.transfer_orchestrator import TransferOrchestrator
-    from softphone.speech.offline_summarizer import OfflineSummarizer
-
-    async with RoomAdmin(
-        url=livekit_server.url,
-        api_key=livekit_server.api_key,
-        api_secret=livekit_server.api_secret,
-    ) as rooms:
-        service = TransferOrchestrator(
-            url=livekit_server.url,
-            rooms=rooms,
-            minter=minter,
-            summarizer=OfflineSummarizer(timeout_s=3.0),
-            fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
-            lobby_room="lobby-quiet",
-            # Long: the checks made while B's phone rings take a while under load.
-            offer_timeout_s=30.0,
-            move_timeout_s=8.0,
-            hold_audio=False,
-        )
-        async with service:
-            yield TransferEnv(
-                kind="embedded",
-                url=livekit_server.url,
-                lobby="lobby-quiet",
-                minter=minter,
-                service_for=lambda identity: service,
-            )
+    # Long offers: the checks made while B's phone rings take a while under load.
+    async with embedded_service(
+        livekit_server, minter, lobby="lobby-quiet", offer_timeout_s=30.0, hold_audio=False
+    ) as env:
+        yield env
 
 
 async def test_hold_audio_comes_from_a_for_the_caller_only(

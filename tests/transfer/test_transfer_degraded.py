@@ -26,6 +26,7 @@ from tests.transfer.conftest import (
     OFFER_TIMEOUT_S,
     TransferEnv,
     clients_env,
+    embedded_service,
     eventually,
     open_call,
     room_exists,
@@ -59,38 +60,21 @@ async def degraded_embedded(
     openai_api: FakeOpenAI,
     history: HistoryStore,
 ) -> AsyncIterator[TransferEnv]:
-    from softphone.server.transfer_orchestrator import TransferOrchestrator
-    from softphone.speech.offline_summarizer import OfflineSummarizer
     from softphone.speech.openai_summarizer import OpenAISummarizer
 
-    async with RoomAdmin(
-        url=livekit_server.url,
-        api_key=livekit_server.api_key,
-        api_secret=livekit_server.api_secret,
-    ) as rooms:
-        service = TransferOrchestrator(
-            url=livekit_server.url,
-            rooms=rooms,
-            minter=minter,
-            summarizer=OpenAISummarizer(
-                api_key=Secret(openai_api.api_key),
-                base_url=openai_api.v1,
-                timeout_s=SUMMARY_TIMEOUT_S,
-                max_retries=0,
-            ),
-            fallback_summarizer=OfflineSummarizer(timeout_s=3.0),
-            lobby_room="lobby-degraded-embedded",
-            offer_timeout_s=OFFER_TIMEOUT_S,
-            history=history,
-        )
-        async with service:
-            yield TransferEnv(
-                kind="embedded",
-                url=livekit_server.url,
-                lobby="lobby-degraded-embedded",
-                minter=minter,
-                service_for=lambda identity: service,
-            )
+    async with embedded_service(
+        livekit_server,
+        minter,
+        lobby="lobby-degraded-embedded",
+        summarizer=OpenAISummarizer(
+            api_key=Secret(openai_api.api_key),
+            base_url=openai_api.v1,
+            timeout_s=SUMMARY_TIMEOUT_S,
+            max_retries=0,
+        ),
+        history=history,
+    ) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
