@@ -36,6 +36,8 @@ from softphone.server.token_minter import TokenMinter
 from tests.transfer.backend_process import BackendProcess
 from tests.transfer.conftest import (
     A_HZ,
+    B_HZ,
+    CALLER_HZ,
     HEARD,
     MIC,
     TransferEnv,
@@ -176,6 +178,46 @@ async def test_a_killed_replica_hands_its_transfer_to_the_other(
         # The call is A's again, on the survivor too: another transfer may start.
         [mine] = await env.service_for(a).list_calls(identity=a, role="agent")
         assert (mine.room, mine.agent, mine.consult_rooms) == (call.room, a, ())
+
+
+async def test_a_replica_killed_while_the_caller_meets_b_hands_the_call_to_b(
+    livekit_server: LocalLiveKitServer,
+    minter: TokenMinter,
+    redis_server: LocalRedisServer,
+    room_admin: RoomAdmin,
+    tmp_path: Path,
+) -> None:
+    """``completing`` (a warm introduction: the caller already talks with A and B in R2).
+
+    The survivor sees the caller in R2 and finishes the transfer: the call is B's.
+    """
+    one, two = _replica_pair(livekit_server, redis_server.url, tmp_path, "lobby-fo-intro")
+    async with (
+        one,
+        two,
+        replicas_env(one, two, url=livekit_server.url, minter=minter) as env,
+        open_call(env, prefix="fo-intro") as call,
+    ):
+        a, b, caller = call.a.identity, call.b.identity, call.caller.identity
+        ticket = await call.a_call.transfer(caller=caller, to_agent=b, mode="warm_intro")
+        b_session = await call.b_lobby.accept((await call.next_offer()).transfer_id)
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        snap = await call.a_service.complete(ticket.transfer_id, agent=a)
+        assert snap.phase == "completing"
+        assert call.mover is not None
+        assert await hears(call.mover.session, b, B_HZ) > HEARD
+        one.kill()
+        snap = await env.service_for(caller).wait_for_phase(
+            ticket.transfer_id, ["completed", "returned", "ended"], timeout_s=30
+        )
+        assert snap.phase == "completed", snap
+        # B has the call in R2; A was taken out, R1 closed.
+        await eventually(lambda: _true(a not in b_session.remote_identities()))
+        assert await hears(call.mover.session, b, B_HZ) > HEARD
+        assert await hears(b_session, caller, CALLER_HZ) > HEARD
+        await eventually(lambda: _closed(room_admin, call.room))
+        [theirs] = await env.service_for(b).list_calls(identity=b, role="agent")
+        assert (theirs.room, theirs.agent) == (ticket.new_room, b)
 
 
 async def test_a_lone_replica_restarted_reconciles(
