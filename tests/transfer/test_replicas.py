@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Secret
 from softphone.errors import NotFoundError
 from softphone.infra.local_server import LocalLiveKitServer, free_port
+from softphone.infra.postgres_server import LocalPostgres
 from softphone.infra.redis_server import LocalRedisServer
 from softphone.infra.server_binary import ensure_server_binary
 from softphone.protocol import TransferService
@@ -406,3 +408,57 @@ async def test_livekit_webhooks_reach_the_replicas_and_forgeries_do_not(
                     ):
                         accepted += float(line.rsplit(" ", 1)[1])
             assert accepted > 0
+
+
+async def test_every_replica_writes_and_finds_the_records_in_postgresql(
+    livekit_server: LocalLiveKitServer,
+    minter: TokenMinter,
+    redis_server: LocalRedisServer,
+    postgres: LocalPostgres,
+    tmp_path: Path,
+) -> None:
+    """Two replicas with ``DATABASE_URL``: a transfer driven by one is on record for both."""
+    dsn = await postgres.create_database(f"replicas_{uuid.uuid4().hex[:10]}")
+    one, two = _replica_pair(
+        livekit_server, redis_server.url, tmp_path, "lobby-records", {"DATABASE_URL": dsn.get()}
+    )
+    async with (
+        one,
+        two,
+        replicas_env(one, two, url=livekit_server.url, minter=minter) as env,
+        open_call(env, prefix="records") as call,
+        httpx.AsyncClient(timeout=10.0) as http,
+    ):
+        a, b = call.a.identity, call.b.identity
+        ticket = await call.a_call.transfer(caller=call.caller.identity, to_agent=b)
+        await call.b_lobby.decline((await call.next_offer()).transfer_id, "at lunch")
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["returned"])
+
+        def get(replica: BackendProcess, who: str, path: str) -> Any:
+            return http.get(
+                f"{replica.url}/v1/records/calls{path}",
+                headers={"Authorization": f"Bearer {one.keys[who]}"},
+            )
+
+        async def on_record() -> bool:
+            res = await get(two, b, "")
+            return res.status_code == 200 and bool(res.json()["calls"])
+
+        await eventually(on_record)  # B (a party through the transfer) finds it on replica two
+        [found] = (await get(two, b, "")).json()["calls"]
+        assert found["room"] == call.room
+        dossier = (await get(one, "supervisor-2", f"/{found['call_id']}")).json()
+        assert {(p["identity"], p["role"]) for p in dossier["parties"]} >= {
+            (a, "agent"),
+            (call.caller.identity, "caller"),
+        }
+        assert [(o["outcome"], o["reason"]) for o in dossier["outcomes"]] == [
+            ("returned", "declined")
+        ]
+        # An agent who had no part in it finds nothing, and cannot open it.
+        assert (await get(one, "agent-a-399", "")).json()["calls"] == []
+        assert (await get(two, "agent-a-399", f"/{found['call_id']}")).status_code == 404
+        # The database is ready on both (readiness checks it).
+        for replica in (one, two):
+            ready = (await http.get(f"{replica.url}/ready")).json()
+            assert ready["checks"]["postgres"] == "ok"
