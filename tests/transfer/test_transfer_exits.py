@@ -77,7 +77,10 @@ async def test_b_disconnects_mid_consult(transfer_env: TransferEnv, room_admin: 
         await call.b_lobby.accept((await call.next_offer()).transfer_id)
         await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
         await call.b_lobby.leave_call()
-        snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["returned"])
+        # Seen at once when B's leave reaches the server; when that message is
+        # lost (seen about once in ten runs under load), only when LiveKit
+        # drops the silent connection itself, which takes it 16-23 s.
+        snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["returned"], timeout_s=45.0)
         assert snap.reason is not None and snap.reason.code == "agent_left"
         await _back_with_a(call, room_admin, snap)
 
