@@ -96,10 +96,15 @@ def _private_opener(path: str, flags: int) -> int:
     return fd
 
 
+# Looked up once, here: loading a library in a forked child of a process
+# with threads (the LiveKit SDK's) can deadlock on the loader's lock.
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    """In the child before exec: SIGKILL when the parent dies. Calls nothing but prctl."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 async def stop_process(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -20,19 +19,11 @@ import httpx
 
 from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Secret
-from softphone.infra.local_server import LocalLiveKitServer, free_port
+from softphone.infra.local_server import LocalLiveKitServer, _die_with_parent, free_port
 
 IDENTITIES = 400
 # Supervisors (supervisor-N) and integrators such as the phone gateway (gateway-N).
 STAFF = 20
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # The backend must never outlive the test session, even if it is killed.
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 def identities() -> list[tuple[str, str]]:

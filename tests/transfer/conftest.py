@@ -323,14 +323,21 @@ MIC = "microphone"
 
 
 async def hears(
-    session: RtcSession, identity: str, freq: float, seconds: float = 0.6, within_s: float = 5.0
+    session: RtcSession,
+    identity: str,
+    freq: float,
+    seconds: float = 0.6,
+    within_s: float = 5.0,
+    *,
+    track: str | None = None,
 ) -> float:
     """Share of 10 ms windows carrying ``freq`` from ``identity``, over ``seconds`` after onset.
 
+    Listens to ``identity``'s track named ``track`` (default: its first).
     Waits up to ``within_s`` for the tone to start (a new subscription may
     begin with silence on a busy machine); 0.0 if it never does.
     """
-    audio = await session.wait_for_audio(identity, timeout_s=10.0)
+    audio = await session.wait_for_audio(identity, timeout_s=10.0, name=track)
     listener = Listener(audio)
     deadline = time.monotonic() + within_s
     onset = None
@@ -355,23 +362,7 @@ async def hears_track(
     session: RtcSession, identity: str, name: str, freq: float, seconds: float = 0.6
 ) -> float:
     """Share of 10 ms windows of ``identity``'s track ``name`` carrying ``freq`` (0.0: never)."""
-    audio = await session.wait_for_audio(identity, timeout_s=10.0, name=name)
-    listener = Listener(audio)
-    deadline = time.monotonic() + 5.0
-    onset = None
-    try:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            if onset is None:
-                onset = listener.capture.first_time_with(freq, after=0.0)
-            if onset is not None and time.monotonic() > onset + seconds + 0.1:
-                break
-    finally:
-        await listener.aclose()
-    if onset is None:
-        return 0.0
-    windows = [w for t, w in listener.capture.windows() if onset + 0.1 <= t <= onset + seconds]
-    return float(np.mean([tone_level(w, freq) > 0.05 for w in windows])) if windows else 0.0
+    return await hears(session, identity, freq, seconds, track=name)
 
 
 async def silent_track(
