@@ -99,7 +99,8 @@ class LiveKitCluster:
 @contextlib.asynccontextmanager
 async def local_cluster(artifacts: Path, size: int = 2) -> AsyncIterator[LiveKitCluster]:
     """A Redis and ``size`` livekit-server nodes on it, all stopped at the end."""
-    assert 1 <= size <= len(REGIONS)
+    if not 1 <= size <= len(REGIONS):
+        raise ValueError(f"size: 1 to {len(REGIONS)} nodes")
     binary = ensure_server_binary()
     secret = Secret(secrets.token_urlsafe(32))
     async with contextlib.AsyncExitStack() as stack:

@@ -18,7 +18,6 @@ them), from whichever replica it happened on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -117,10 +116,11 @@ def add_live_event_routes(
                 queue.get_nowait()
             queue.put_nowait(event)
 
-        streams[who.identity] = streams.get(who.identity, 0) + 1
-        unsubscribe = get_service().state.on_event(on_event)
-
+        # Counted and subscribed from the moment the stream starts until it
+        # ends, however it ends (a response never sent starts nothing).
         async def stream() -> AsyncIterator[str]:
+            streams[who.identity] = streams.get(who.identity, 0) + 1
+            unsubscribe = get_service().state.on_event(on_event)
             try:
                 yield ": connected\n\n"
                 while not await request.is_disconnected():
@@ -134,8 +134,7 @@ def add_live_event_routes(
                 unsubscribe()
                 streams[who.identity] -= 1
                 if not streams[who.identity]:
-                    with contextlib.suppress(KeyError):
-                        del streams[who.identity]
+                    del streams[who.identity]
 
         return StreamingResponse(
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
