@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from softphone.config import Secret
-from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.local_server import LocalLiveKitServer, free_port
 from softphone.infra.redis_server import LocalRedisServer
 from softphone.infra.server_binary import ensure_server_binary
 from tests.transfer.backend_process import BackendProcess
@@ -81,10 +81,19 @@ async def deployment(
         lease_ttl_s: ``SOFTPHONE_LEASE_TTL_S`` of the replicas (None: their default).
         lobby: The lobby room.
     """
-    env = {} if lease_ttl_s is None else {"SOFTPHONE_LEASE_TTL_S": str(lease_ttl_s)}
+    # Deployed as the README says: LiveKit's webhooks reach every replica,
+    # which then polls rooms only as a slow safety net.
+    env = {"SOFTPHONE_LIVEKIT_WEBHOOKS": "true"}
+    if lease_ttl_s is not None:
+        env["SOFTPHONE_LEASE_TTL_S"] = str(lease_ttl_s)
+    ports = [free_port() for _ in range(replicas)]
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as name:
         tmp = Path(name)  # 0700: the keys files and logs stay private
-        livekit = LocalLiveKitServer(binary=ensure_server_binary(), log_path=tmp / "livekit.log")
+        livekit = LocalLiveKitServer(
+            binary=ensure_server_binary(),
+            log_path=tmp / "livekit.log",
+            webhook_urls=[f"http://127.0.0.1:{p}/v1/livekit/webhook" for p in ports],
+        )
         async with (
             livekit,
             LocalRedisServer(log_path=tmp / "redis.log") as redis,
@@ -103,6 +112,7 @@ async def deployment(
                         redis_url=redis.url,
                         extra_env=env,
                         replica_of=backends[0] if backends else None,
+                        port=ports[i],
                     )
                 )
                 await stack.enter_async_context(backends[-1])

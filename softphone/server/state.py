@@ -10,7 +10,10 @@ pub/sub for fan-out. One process (the embedded mode) keeps the same in memory.
 A request for a transfer that another replica drives (accept, complete...) is
 forwarded to it over its own pub/sub channel and answered through a list the
 asking replica waits on; a replica that no longer answers loses its leases
-when they expire, and another one takes its transfers over.
+when they expire, and another one takes its transfers over. A replica that
+died (its process gone, so Redis closed its connections) is known at once:
+nobody listens on its request channel any more (``PUBSUB NUMSUB``), and its
+leases may be taken before they expire.
 
 Key layout (``prefix`` defaults to ``softphone:``)::
 
@@ -114,8 +117,11 @@ class ServiceState(abc.ABC):
     # ---- leases ------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def take_lease(self, transfer_id: str, ttl_s: float) -> bool:
-        """Become the replica driving ``transfer_id`` if no replica is."""
+    async def take_lease(
+        self, transfer_id: str, ttl_s: float, *, from_replica: str | None = None
+    ) -> bool:
+        """Become the replica driving ``transfer_id`` if no replica is, or if
+        ``from_replica`` (found gone) still holds it."""
 
     @abc.abstractmethod
     async def renew_leases(self, transfer_ids: list[str], ttl_s: float) -> set[str]:
@@ -130,8 +136,9 @@ class ServiceState(abc.ABC):
         """The replica driving ``transfer_id``, if its lease is alive."""
 
     @abc.abstractmethod
-    async def orphans(self) -> list[str]:
-        """Running transfers that no replica drives (their lease expired)."""
+    async def orphans(self) -> dict[str, str | None]:
+        """Running transfers that no replica drives: id -> the gone replica
+        still named on the lease, or None when the lease expired."""
 
     # ---- events and requests -----------------------------------------------------
 
@@ -210,7 +217,9 @@ class MemoryState(ServiceState):
     async def room_transfer(self, room: str) -> str | None:
         return self._rooms.get(room)
 
-    async def take_lease(self, transfer_id: str, ttl_s: float) -> bool:
+    async def take_lease(
+        self, transfer_id: str, ttl_s: float, *, from_replica: str | None = None
+    ) -> bool:
         self._leases[transfer_id] = time.monotonic() + ttl_s
         return True
 
@@ -225,8 +234,8 @@ class MemoryState(ServiceState):
     async def lease_owner(self, transfer_id: str) -> str | None:
         return self.replica if transfer_id in self._leases else None
 
-    async def orphans(self) -> list[str]:
-        return []  # one process: whatever runs, this process drives
+    async def orphans(self) -> dict[str, str | None]:
+        return {}  # one process: whatever runs, this process drives
 
     async def publish(self, event: Event) -> None:
         self._dispatch(event)
@@ -261,6 +270,17 @@ _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Takes a lease nobody holds, or one still held by a replica that is gone:
+# nobody listens on its request channel (KEYS[2]).
+_TAKE_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if cur ~= ARGV[2] then return 0 end
+  if redis.call('PUBSUB', 'NUMSUB', KEYS[2])[2] > 0 then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
 _RENEW = """
 local lost = {}
 for i, key in ipairs(KEYS) do
@@ -290,6 +310,7 @@ class RedisState(ServiceState):
         self._put = self._redis.register_script(_PUT_TRANSFER)
         self._delete_if = self._redis.register_script(_DELETE_IF)
         self._renew = self._redis.register_script(_RENEW)
+        self._take = self._redis.register_script(_TAKE_LEASE)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._handling: set[asyncio.Task[None]] = set()
@@ -320,8 +341,9 @@ class RedisState(ServiceState):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError):
+                # Soon: while it is away, other replicas may think this one gone.
                 log.warning("lost the Redis subscription; subscribing again")
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.05)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         try:
@@ -400,11 +422,15 @@ class RedisState(ServiceState):
         held = await self._run(self._redis.get(self._k("room-transfer", room)))
         return str(held) if held else None
 
-    async def take_lease(self, transfer_id: str, ttl_s: float) -> bool:
-        key = self._k("lease", transfer_id)
-        return bool(
-            await self._run(self._redis.set(key, self.replica, nx=True, px=int(ttl_s * 1000)))
+    async def take_lease(
+        self, transfer_id: str, ttl_s: float, *, from_replica: str | None = None
+    ) -> bool:
+        # An empty name never matches a holder: without from_replica, only a free lease.
+        taken = self._take(
+            keys=[self._k("lease", transfer_id), self._k("replica", from_replica or "")],
+            args=[self.replica, from_replica or "", int(ttl_s * 1000)],
         )
+        return bool(await self._run(taken))
 
     async def renew_leases(self, transfer_ids: list[str], ttl_s: float) -> set[str]:
         if not transfer_ids:
@@ -424,12 +450,22 @@ class RedisState(ServiceState):
         owner = await self._run(self._redis.get(self._k("lease", transfer_id)))
         return str(owner) if owner else None
 
-    async def orphans(self) -> list[str]:
+    async def orphans(self) -> dict[str, str | None]:
         active = sorted(await self._run(self._redis.smembers(self._k("transfers", "active"))))
         if not active:
-            return []
+            return {}
         owners = await self._run(self._redis.mget([self._k("lease", t) for t in active]))
-        return [t for t, owner in zip(active, owners, strict=True) if not owner]
+        held = {str(o) for o in owners if o and o != self.replica}
+        gone = set()
+        if held:
+            channels = {self._k("replica", o): o for o in held}
+            listening = await self._run(self._redis.pubsub_numsub(*channels))
+            gone = {channels[str(ch)] for ch, n in listening if not n}
+        return {
+            t: (str(owner) if owner else None)
+            for t, owner in zip(active, owners, strict=True)
+            if not owner or owner in gone
+        }
 
     async def publish(self, event: Event) -> None:
         await self._run(self._redis.publish(self._k("events"), json.dumps(event)))

@@ -111,6 +111,8 @@ STANDBY_DELIVERY_TIMEOUT_S = 15.0
 # A replica drives a transfer while it renews its lease; the lease lapses
 # this long after the replica stopped, and another replica takes over.
 LEASE_TTL_S = 2.0
+# How often a replica looks for transfers whose replica is gone (at most).
+ORPHAN_SCAN_S = 0.25
 # How long a request forwarded to the replica driving a transfer may take.
 FORWARD_TIMEOUT_S = 15.0
 # Phases in which the caller hanging up ends the call (later it is moving rooms).
@@ -1332,19 +1334,37 @@ class TransferOrchestrator(TransferService):
         return self
 
     async def _keep_leases(self) -> None:
-        """Renew the leases of the transfers this replica drives; adopt orphans."""
+        """Renew the leases of the transfers this replica drives; adopt orphans.
+
+        A transfer whose lease expired is taken at once. One whose replica is
+        gone (nobody listens on its request channel) is taken when the next
+        look finds it still gone, so that a replica re-subscribing after a
+        network blip keeps its transfers.
+        """
+        suspects: dict[str, str] = {}
+        renewed = time.monotonic()
         while True:
-            await asyncio.sleep(self._lease_ttl_s / 4)
+            await asyncio.sleep(min(self._lease_ttl_s / 4, ORPHAN_SCAN_S))
             try:
-                running = [tid for tid, run in self._runs.items() if not run.lost]
-                for transfer_id in await self.state.renew_leases(running, self._lease_ttl_s):
-                    # This replica stalled past its lease; another one drives it now.
-                    log.warning("lost the lease of a transfer", extra={"transfer_id": transfer_id})
-                    if (run := self._runs.pop(transfer_id, None)) is not None:
-                        run.lost = True
-                for transfer_id in await self.state.orphans():
-                    if await self.state.take_lease(transfer_id, self._lease_ttl_s):
+                if time.monotonic() - renewed >= self._lease_ttl_s / 4:
+                    renewed = time.monotonic()
+                    running = [tid for tid, run in self._runs.items() if not run.lost]
+                    for transfer_id in await self.state.renew_leases(running, self._lease_ttl_s):
+                        # This replica stalled past its lease; another one drives it now.
+                        log.warning(
+                            "lost the lease of a transfer", extra={"transfer_id": transfer_id}
+                        )
+                        if (run := self._runs.pop(transfer_id, None)) is not None:
+                            run.lost = True
+                orphans = await self.state.orphans()
+                for transfer_id, gone in orphans.items():
+                    if gone is not None and suspects.get(transfer_id) != gone:
+                        continue  # seen gone once: look again before taking it
+                    if await self.state.take_lease(
+                        transfer_id, self._lease_ttl_s, from_replica=gone
+                    ):
                         self._spawn(self._take_over(transfer_id))
+                suspects = {t: gone for t, gone in orphans.items() if gone is not None}
             except StateError:
                 log.warning("the shared state cannot be reached")
 

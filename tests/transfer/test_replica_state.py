@@ -103,6 +103,35 @@ async def test_a_lease_lapses_unless_renewed_and_then_another_replica_takes_it(
     assert await one.lease_owner(t.transfer_id) == two.replica
 
 
+async def test_a_gone_replica_is_known_at_once_and_its_lease_taken_before_it_expires(
+    replicas: list[RedisState], redis_server: LocalRedisServer
+) -> None:
+    one, two = replicas
+    prefix = one._p  # the same deployment
+    three = RedisState(url=redis_server.url, prefix=prefix)
+    await three.start()
+    t = _transfer(2)
+    await three.put_transfer(t.snapshot(), call_id="c3")
+    assert await three.take_lease(t.transfer_id, 60.0)
+    # A live replica's lease is not for taking, even named as gone.
+    assert t.transfer_id not in await one.orphans()
+    assert not await one.take_lease(t.transfer_id, 5.0, from_replica=two.replica)
+    assert not await one.take_lease(t.transfer_id, 5.0, from_replica=three.replica)
+    # Its process ends without giving anything up: Redis closes its connections.
+    await three.aclose()
+    for _ in range(50):
+        if t.transfer_id in await one.orphans():
+            break
+        await asyncio.sleep(0.05)
+    assert (await one.orphans())[t.transfer_id] == three.replica
+    assert await one.lease_owner(t.transfer_id) == three.replica  # 60 s to run
+    assert not await one.take_lease(t.transfer_id, 5.0)  # only when named
+    assert await one.take_lease(t.transfer_id, 5.0, from_replica=three.replica)
+    assert not await two.take_lease(t.transfer_id, 5.0, from_replica=three.replica)
+    assert await two.lease_owner(t.transfer_id) == one.replica
+    assert t.transfer_id not in await two.orphans()
+
+
 async def test_a_request_reaches_the_replica_that_drives_and_its_errors_come_back(
     replicas: list[RedisState],
 ) -> None:
