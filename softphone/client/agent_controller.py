@@ -44,6 +44,7 @@ AgentEvent = Literal[
     "lobby",
     "call_assigned",
     "transfer_lost",
+    "consult_lost",
     "media_gap",
 ]
 # How long the live transcript waits for its call's history entry.
@@ -176,6 +177,7 @@ class AgentController:
         lobby.on("directory_changed", lambda _p: self.events.emit("directory", lobby.directory()))
         lobby.on("moved", self._on_lobby_moved)
         lobby.on("call_assigned", self._on_call_assigned)
+        lobby.on("consult_lost", self._on_consult_lost)
         await lobby.start()
         self.lobby = lobby
         self.events.emit("lobby", True)
@@ -208,6 +210,13 @@ class AgentController:
         if self.lobby is None:
             raise TransferError("not online: no offer can be declined")
         await self.lobby.decline(offer.transfer_id, reason)
+
+    def _on_consult_lost(self, lost: ServiceLost) -> None:
+        """B's side of a lost service: A went back to the caller and B's lobby left R2."""
+        log.warning("left the consult: %s", lost.message)
+        if self.calls.call is not None:
+            self._spawn(self.calls.leave())
+        self.events.emit("consult_lost", lost)
 
     def _on_lobby_moved(self, moved: Moved) -> None:
         # Bring-the-agent: we now talk in the caller's room.

@@ -50,7 +50,13 @@ log = logging.getLogger(__name__)
 ANSWER_GRACE_S = 0.5
 
 LobbyEvent = Literal[
-    "offer", "offer_withdrawn", "directory_changed", "joined_room", "moved", "call_assigned"
+    "offer",
+    "offer_withdrawn",
+    "directory_changed",
+    "joined_room",
+    "moved",
+    "call_assigned",
+    "consult_lost",
 ]
 
 
@@ -113,7 +119,11 @@ class AgentLobby(EventEmitter[LobbyEvent]):
     (:class:`~softphone.client.transfer_watch.TransferWatch`): an offer the
     service no longer holds open, or whose service stopped answering, is
     dropped with ``offer_withdrawn``, as is one that fails to be accepted
-    for either reason.
+    for either reason. An accepted transfer is followed too: if the service
+    stops answering before the caller is handed over, A's app goes back to
+    the caller by itself, so this app leaves the transfer room rather than
+    wait there alone, and says ``consult_lost`` (a
+    :class:`~softphone.client.transfer_watch.ServiceLost`).
     """
 
     def __init__(
@@ -315,10 +325,34 @@ class AgentLobby(EventEmitter[LobbyEvent]):
         session = await join_room(grant, self._mic)
         session.register_rpc(RPC_JOIN, functools.partial(self._on_join, session))
         self.call_session = session
+        self._watch_accepted(transfer_id)
         with contextlib.suppress(SoftphoneError, Exception):
             await self.set_presence("busy")
         self.emit("joined_room", session)
         return session
+
+    def _watch_accepted(self, transfer_id: str) -> None:
+        """Follow an accepted transfer until it is over or its service is lost."""
+
+        def lost(lost: ServiceLost) -> None:
+            self._watches.pop(transfer_id, None)
+            if lost.phase == "completing":
+                return  # the caller may be on the way here: stay and take the call
+            log.warning("service lost mid-consult", extra={"transfer_id": transfer_id})
+            self._tasks.spawn(self._leave_lost(lost))
+
+        self._watches[transfer_id] = TransferWatch(
+            service=self._service,
+            transfer_id=transfer_id,
+            on_snapshot=lambda _snap: None,
+            on_lost=lost,
+            phase="consulting",
+            lost_after_s=self._lost_after_s,
+        ).start()
+
+    async def _leave_lost(self, lost: ServiceLost) -> None:
+        await self.leave_call()
+        self.emit("consult_lost", lost)
 
     async def decline(self, transfer_id: str, reason: str = "") -> None:
         """Decline an offer, with a reason A will see."""
@@ -360,6 +394,8 @@ class AgentLobby(EventEmitter[LobbyEvent]):
 
     async def leave_call(self) -> None:
         """Leave the current call room and become available again."""
+        for transfer_id in [t for t in self._watches if t not in self.offers]:
+            self._stop_watching(transfer_id)  # an accepted transfer: no longer ours to follow
         session, self.call_session = self.call_session, None
         if session is not None:
             await session.aclose()

@@ -48,7 +48,6 @@ from tests.transfer.conftest import (
     hears,
     hears_track,
     open_call,
-    silent,
     silent_track,
     tracks_of,
 )
@@ -191,6 +190,8 @@ async def test_a_returns_to_the_caller_when_the_service_dies(
         dropped: list[Withdrawn] = []
         call.a_call.on("transfer_lost", lost.append)
         call.b_lobby.on("offer_withdrawn", dropped.append)
+        b_lost: list[ServiceLost] = []
+        call.b_lobby.on("consult_lost", b_lost.append)
         ticket = await call.a_call.transfer(caller=caller, to_agent=b)
         tid, r2 = ticket.transfer_id, ticket.new_room
         offer = await call.next_offer()
@@ -217,12 +218,16 @@ async def test_a_returns_to_the_caller_when_the_service_dies(
         assert tid in call.a_call.abandoned
 
         if phase == "consulting":
-            # A left the consult: A and B no longer hear each other.
+            # A left the consult, and B's app too noticed the service gone and
+            # left the transfer room: nobody waits there alone.
             assert b_session is not None
             assert call.a_call.consult is None
-            await eventually(lambda: _true(a not in b_session.remote_identities()))
-            assert await silent(b_session, a, A_HZ)
             assert b not in call.a_call.session.remote_identities()
+            await eventually(lambda: _true(b_lost), timeout_s=30.0)
+            assert (b_lost[0].transfer_id, b_lost[0].kind) == (tid, "unreachable")
+            assert call.b_lobby.call_session is None
+            await eventually(lambda: _gone_from(room_admin, r2, a))
+            await eventually(lambda: _gone_from(room_admin, r2, b))
         else:
             # B's phone stops ringing, with a reason; accepting says why it cannot.
             await eventually(lambda: _true([w for w in dropped if w.transfer_id == tid]))
