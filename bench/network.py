@@ -10,9 +10,8 @@ A's, B's and the hold audio's pass untouched. The caller's flows are found
 from its sessions' WebRTC statistics (their local UDP candidates) as they
 appear; the standby connection (opened when the transfer starts) and a
 session opened during a move are impaired from their first datagram
-(:meth:`UdpRelay.claiming`). Those settings are livekit-server's own
-environment variables for now (``RELAY_ONLY_MEDIA_ENV``): ``LocalLiveKitServer``
-has no knob for them. Per run, ``N`` warm transfers each:
+(:meth:`UdpRelay.claiming`); ``LocalLiveKitServer(media_only_at_node_ip=True)``
+configures the server so. Per run, ``N`` warm transfers each:
 
 - ``caller_gap_ms``: at ``rtt_added_ms`` added round trip (half each way),
   the longest audio gap the caller hears across the move (hold, then B),
@@ -36,14 +35,13 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import socket
 import struct
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,32 +75,6 @@ from softphone.server.transfer_orchestrator import HOLD_FREQ_HZ
 
 RTT_ADDED_S = 0.050
 BLACKOUT_S = 2.0
-# livekit-server settings (its own environment variables, which override its
-# config) that leave the relay as the only media path: no ICE/TCP candidate
-# (it would bypass a UDP relay), ICE lite (no server-sent checks, which would
-# discover the direct address as a peer-reflexive candidate), and the IPv6
-# host candidates rewritten to the discard prefix (RFC 6666), so that only
-# the relay's IPv4 address is reachable.
-RELAY_ONLY_MEDIA_ENV = {
-    "LIVEKIT_RTC_TCP_PORT": "0",
-    "LIVEKIT_RTC_USE_ICE_LITE": "true",
-    "LIVEKIT_RTC_NODE_IP_IPV6": "100::1",
-}
-
-
-@contextlib.contextmanager
-def _environment(overrides: dict[str, str]) -> Iterator[None]:
-    """``overrides`` in this process's environment (inherited by children) inside the block."""
-    saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def listening_ipv4(port: int, *, exclude: Iterable[str] = ()) -> list[Address]:
@@ -138,10 +110,13 @@ async def relayed_server(
     address the server listens on with that port (see :func:`listening_ipv4`).
     """
     relay_ip = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
-    server = LocalLiveKitServer(binary=ensure_server_binary(), node_ip=relay_ip, log_path=log_path)
-    # Only the server's start sees these: it is the child that inherits them.
-    with _environment(RELAY_ONLY_MEDIA_ENV):
-        await server.start()
+    server = LocalLiveKitServer(
+        binary=ensure_server_binary(),
+        node_ip=relay_ip,
+        log_path=log_path,
+        media_only_at_node_ip=True,
+    )
+    await server.start()
     try:
         assert server.ports is not None
         port = server.ports.rtc_udp

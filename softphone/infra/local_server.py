@@ -140,6 +140,7 @@ def server_config(
     api_key: str = DEV_API_KEY,
     region: str | None = None,
     regions: Sequence[Region] = (),
+    media_only_at_node_ip: bool = False,
 ) -> str:
     """The YAML config body for a loopback-only dev server on ``ports``.
 
@@ -159,15 +160,29 @@ def server_config(
             create it (LiveKit's ``regionaware`` node selector), so in a
             cluster with one node per region, to that very node. Without
             them LiveKit places a room on a node picked at random.
+        media_only_at_node_ip: Offer clients no media path but UDP to
+            ``node_ip`` (e.g. a relay that impairs it): no ICE/TCP, ICE lite
+            (no checks of the server's own that could find a direct path,
+            as a peer-reflexive candidate), and IPv6 candidates in the
+            discard prefix (``100::1``, RFC 6666), so no usable IPv6 one.
     """
+    if media_only_at_node_ip:
+        media = (
+            "  tcp_port: 0\n"
+            f"  udp_port: {ports.rtc_udp}\n"
+            f"  node_ip: {node_ip or host},100::1\n"
+            "  use_ice_lite: true\n"
+        )
+    else:
+        media = (
+            f"  tcp_port: {ports.rtc_tcp}\n"
+            f"  udp_port: {ports.rtc_udp}\n"
+            f"  node_ip: {node_ip or host}\n"
+        )
     body = (
         f"port: {ports.signal}\n"
         f'bind_addresses: ["{host}"]\n'
-        "rtc:\n"
-        f"  tcp_port: {ports.rtc_tcp}\n"
-        f"  udp_port: {ports.rtc_udp}\n"
-        f"  node_ip: {node_ip or host}\n"
-        "  use_external_ip: false\n"
+        "rtc:\n" + media + "  use_external_ip: false\n"
         "  enable_loopback_candidate: true\n"
         "logging:\n"
         "  level: info\n"
@@ -224,6 +239,8 @@ class LocalLiveKitServer:
         region: This node's region (see :func:`server_config`).
         regions: The deployment's regions: a room goes to the node in the
             region nearest to the node asked to create it.
+        media_only_at_node_ip: Media only by UDP to ``node_ip`` (see
+            :func:`server_config`), e.g. through a relay that impairs it.
     """
 
     def __init__(
@@ -242,6 +259,7 @@ class LocalLiveKitServer:
         api_secret: Secret | None = None,
         region: str | None = None,
         regions: Sequence[Region] = (),
+        media_only_at_node_ip: bool = False,
     ) -> None:
         if redis_password is not None and not redis_address:
             raise LocalServerError("a Redis password was given without a Redis address")
@@ -257,6 +275,7 @@ class LocalLiveKitServer:
         self._redis_password = redis_password
         self._region = region
         self._regions = tuple(regions)
+        self._media_only_at_node_ip = media_only_at_node_ip
         self._webhook_urls = tuple(webhook_urls)
         self._fixed_ports = ports
         self._log_path = log_path
@@ -342,6 +361,7 @@ class LocalLiveKitServer:
                         api_key=self.api_key,
                         region=self._region,
                         regions=self._regions,
+                        media_only_at_node_ip=self._media_only_at_node_ip,
                     ),
                 ],
                 stdin=subprocess.DEVNULL,
