@@ -27,7 +27,6 @@ Worker protocol (JSON lines): the parent writes one config line, then
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -45,14 +44,13 @@ from bench.transfer import (
     AUDIO_TIMEOUT_S,
     CALLER_HZ,
     CALLS_PER_WORKER,
-    READY_TIMEOUT_S,
-    SETUP_AT_ONCE,
     WORKER_FRAME_MS,
     Onset,
     _close_all,
     _emit,
     _join_lobby,
     pct,
+    run_workers,
 )
 from softphone.client.caller_mover import CallerMover
 from softphone.client.commands import CommandGuard
@@ -121,80 +119,9 @@ async def concurrent_row(
     """
     workers = workers or math.ceil(n / CALLS_PER_WORKER)
     calls = plan_calls(urls, keys, n, workers)
-    procs: list[asyncio.subprocess.Process] = []
-    results: dict[str, dict[str, Any]] = {}
-    readers: list[asyncio.Task[None]] = []
-    try:
-        ready: set[str] = set()
-        all_ready = asyncio.Event()
-        waiting = [str(c["tag"]) for c in calls]  # not set up yet, in order
-        proc_of: dict[str, asyncio.subprocess.Process] = {}
-        in_setup: set[str] = set()
-
-        def set_up_next() -> None:
-            # At most SETUP_AT_ONCE calls are being set up, across all workers.
-            while waiting and len(in_setup) < SETUP_AT_ONCE:
-                tag = waiting.pop(0)
-                in_setup.add(tag)
-                stdin = proc_of[tag].stdin
-                assert stdin is not None
-                stdin.write(f"setup {tag}\n".encode())
-
-        async def read(proc: asyncio.subprocess.Process) -> None:
-            assert proc.stdout is not None
-            async for line in proc.stdout:
-                with contextlib.suppress(json.JSONDecodeError):
-                    msg = json.loads(line)
-                    if "ready" in msg:
-                        ready.add(msg["ready"])
-                        in_setup.discard(msg["ready"])
-                        set_up_next()
-                        if len(ready) >= n:
-                            all_ready.set()
-                    elif "result" in msg:
-                        results[msg["result"]] = msg
-
-        for w in range(workers):
-            mine = [c for c in calls if c["worker"] == w]
-            if not mine:
-                continue
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--worker",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            procs.append(proc)
-            assert proc.stdin is not None
-            # The keys go through the pipe, never on a command line.
-            proc.stdin.write((json.dumps({"calls": mine}) + "\n").encode())
-            await proc.stdin.drain()
-            proc_of.update((c["tag"], proc) for c in mine)
-            readers.append(asyncio.create_task(read(proc)))
-        set_up_next()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_ready.wait(), READY_TIMEOUT_S)
-        await asyncio.sleep(1.0)  # steady state: consulting in R2, callers on standby
-        for proc in procs:
-            assert proc.stdin is not None
-            with contextlib.suppress(ConnectionError):
-                proc.stdin.write(b"go\n")
-                await proc.stdin.drain()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*readers, return_exceptions=True), RESULTS_TIMEOUT_S
-            )
-        except TimeoutError:  # calls without a result by now count as failed
-            print(f"n={n}: workers still busy after the deadline; stopping them", file=sys.stderr)
-    finally:
-        for task in readers:
-            task.cancel()
-        for proc in procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.wait()
+    results = await run_workers(
+        Path(__file__).resolve(), calls, {}, n=n, results_timeout_s=RESULTS_TIMEOUT_S
+    )
     label = f"n={n} replicas={len(urls)}"
     times = []
     steps: dict[str, list[float]] = {}

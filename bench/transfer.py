@@ -487,6 +487,97 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def run_workers(
+    script: Path,
+    calls: list[dict[str, Any]],
+    cfg: dict[str, Any],
+    *,
+    n: int,
+    results_timeout_s: float,
+) -> dict[str, dict[str, Any]]:
+    """Drive the client worker processes of the concurrent rows; their results by call tag.
+
+    One ``script --worker`` process per worker number in ``calls``; each gets
+    ``cfg`` and its calls as the first line on stdin (keys never on a command
+    line). Calls are set up ``SETUP_AT_ONCE`` at a time across all workers;
+    once all ``n`` are ready (or ``READY_TIMEOUT_S`` passed) and a second of
+    steady state went by, every worker is told ``go``. Workers still busy
+    after ``results_timeout_s`` are killed; their calls have no result.
+    """
+    procs: list[asyncio.subprocess.Process] = []
+    results: dict[str, dict[str, Any]] = {}
+    readers: list[asyncio.Task[None]] = []
+    ready: set[str] = set()
+    all_ready = asyncio.Event()
+    waiting = [str(c["tag"]) for c in calls]  # not set up yet, in order
+    proc_of: dict[str, asyncio.subprocess.Process] = {}
+    in_setup: set[str] = set()
+
+    def set_up_next() -> None:
+        # At most SETUP_AT_ONCE calls are being set up, across all workers.
+        while waiting and len(in_setup) < SETUP_AT_ONCE:
+            tag = waiting.pop(0)
+            in_setup.add(tag)
+            stdin = proc_of[tag].stdin
+            assert stdin is not None
+            stdin.write(f"setup {tag}\n".encode())
+
+    async def read(proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                msg = json.loads(line)
+                if "ready" in msg:
+                    ready.add(msg["ready"])
+                    in_setup.discard(msg["ready"])
+                    set_up_next()
+                    if len(ready) >= n:
+                        all_ready.set()
+                elif "result" in msg:
+                    results[msg["result"]] = msg
+
+    try:
+        for w in sorted({int(c["worker"]) for c in calls}):
+            mine = [c for c in calls if c["worker"] == w]
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(script),
+                "--worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            procs.append(proc)
+            assert proc.stdin is not None
+            proc.stdin.write((json.dumps({**cfg, "calls": mine}) + "\n").encode())
+            await proc.stdin.drain()
+            proc_of.update((c["tag"], proc) for c in mine)
+            readers.append(asyncio.create_task(read(proc)))
+        set_up_next()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_ready.wait(), READY_TIMEOUT_S)
+        await asyncio.sleep(1.0)  # steady state: consulting in R2, callers on standby
+        for proc in procs:
+            assert proc.stdin is not None
+            with contextlib.suppress(ConnectionError):
+                proc.stdin.write(b"go\n")
+                await proc.stdin.drain()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*readers, return_exceptions=True), results_timeout_s
+            )
+        except TimeoutError:  # calls without a result by now count as failed
+            print(f"n={n}: workers still busy after the deadline; stopping them", file=sys.stderr)
+    finally:
+        for task in readers:
+            task.cancel()
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()
+    return results
+
+
 async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
     """N transfers at once, clients in worker processes; returns one table row.
 
@@ -534,79 +625,14 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
         )
     )
     serving = asyncio.create_task(server.serve())
-    procs: list[asyncio.subprocess.Process] = []
-    results: dict[str, dict[str, Any]] = {}
     try:
         while not server.started:
             await asyncio.sleep(0.05)
-        ready: set[str] = set()
-        all_ready = asyncio.Event()
-        waiting = [str(c["tag"]) for c in calls]  # not set up yet, in order
-        proc_of: dict[str, asyncio.subprocess.Process] = {}
-        in_setup: set[str] = set()
-
-        def set_up_next() -> None:
-            # At most SETUP_AT_ONCE calls are being set up, across all workers.
-            while waiting and len(in_setup) < SETUP_AT_ONCE:
-                tag = waiting.pop(0)
-                in_setup.add(tag)
-                stdin = proc_of[tag].stdin
-                assert stdin is not None
-                stdin.write(f"setup {tag}\n".encode())
-
-        async def read(proc: asyncio.subprocess.Process) -> None:
-            assert proc.stdout is not None
-            async for line in proc.stdout:
-                with contextlib.suppress(json.JSONDecodeError):
-                    msg = json.loads(line)
-                    if "ready" in msg:
-                        ready.add(msg["ready"])
-                        in_setup.discard(msg["ready"])
-                        set_up_next()
-                        if len(ready) >= n:
-                            all_ready.set()
-                    elif "result" in msg:
-                        results[msg["result"]] = msg
-
         cfg = {"url": bench.server.url, "backend": f"http://127.0.0.1:{port}"}
-        readers = []
-        for w in range(workers):
-            mine = [c for c in calls if c["worker"] == w]
-            if not mine:
-                continue
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--worker",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            procs.append(proc)
-            assert proc.stdin is not None
-            proc.stdin.write((json.dumps({**cfg, "calls": mine}) + "\n").encode())
-            await proc.stdin.drain()
-            proc_of.update((c["tag"], proc) for c in mine)
-            readers.append(asyncio.create_task(read(proc)))
-        set_up_next()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_ready.wait(), READY_TIMEOUT_S)
-        await asyncio.sleep(1.0)  # steady state: hold in R1, consult in R2
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*readers, return_exceptions=True), AUDIO_TIMEOUT_S + 120
-            )
-        except TimeoutError:  # calls without a result by now count as failed
-            print(f"n={n}: workers still busy after the deadline; stopping them", file=sys.stderr)
+        results = await run_workers(
+            Path(__file__).resolve(), calls, cfg, n=n, results_timeout_s=AUDIO_TIMEOUT_S + 120
+        )
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await proc.wait()
         server.should_exit = True
         await serving
     times = []
