@@ -29,6 +29,7 @@ from typing import Any, Literal
 from livekit import rtc
 
 from softphone.domain.identifiers import validate_identity, validate_room_name
+from softphone.domain.summary import SpeakerRoles
 from softphone.domain.transcript import TranscriptSegment, pack_transcript
 from softphone.domain.transfer import (
     EndReason,
@@ -660,7 +661,12 @@ class TransferOrchestrator(TransferService):
         if req.summary is not None:
             card = dataclasses.replace(req.summary, source="edited")
         else:
-            card = await summarize_with_fallback(self._summarizer, self._fallback, req.transcript)
+            # Who is who comes from the call registry (checked when the
+            # transfer started), never from what was said.
+            roles = SpeakerRoles(caller=t.caller, agents=frozenset({t.from_agent, t.to_agent}))
+            card = await summarize_with_fallback(
+                self._summarizer, self._fallback, req.transcript, roles=roles
+            )
         if not t.active:
             return
         t.set_summary(card)

@@ -1,46 +1,107 @@
-"""The offline summarizer: fills the summary card from the transcript with no model.
+"""The offline summarizer: fills the summary card from the transcript with no network.
 
 It is the default and the fallback for every other summarizer, so it never
 needs the network and never raises for odd input: an empty, very short,
 one-sided, noisy or hour-long transcript each gives a sensible card.
 
 How it reads a call:
-- the caller is the speaker who is not the agent (identities naming a role
-  win; otherwise the speaker using agent phrases such as "thank you for
-  calling" is the agent);
-- the reason is the caller's first sentence that states a need or problem;
-- key facts are pattern matches over the whole call (:mod:`softphone.speech.facts`);
-- what was done are the agent's "I've refunded / I have reset ..." sentences;
+- who is the caller and who the agent comes from the service
+  (:class:`~softphone.domain.summary.SpeakerRoles`, or ``caller_identity``);
+  failing that, identities naming a role, then agent phrases such as "thank
+  you for calling";
+- key facts come from spaCy's named entities and text2num's spoken numbers
+  plus a few patterns (:mod:`softphone.speech.facts`), read per speaker so
+  the caller's name, account and contact are told apart from the agent's
+  own name and from the other facts;
+- the reason is the caller's first sentence that states a need or problem
+  (and a second issue they raise later);
+- what was done are the agent's "I've refunded / I have opened ..." sentences;
   what is open are promises and pending items from either side;
 - sentiment weighs the caller's negative and positive words;
 - the next step follows from what is open.
+
+The NER model loads once per process in a background thread (seconds), at
+the first summary or earlier by :func:`preload_entity_model` (call it at
+start-up); a summary waits for it at most half its timeout, else uses the
+patterns only (the model goes on loading for the next one).
+All the work runs in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from softphone.domain.summary import Sentiment, SummaryCard
+from softphone.domain.summary import Sentiment, SpeakerRoles, SummaryCard
 from softphone.domain.transcript import TranscriptSegment
 from softphone.speech import facts
 from softphone.speech.summarizer import Summarizer
 
+if TYPE_CHECKING:
+    from spacy.language import Language
+
+log = logging.getLogger(__name__)
+
 MAX_FACTS = 25
 MAX_ITEMS = 6
 MAX_SENTENCE = 220
-# Above this many segments the work moves to a thread, so the loop stays free.
-THREAD_THRESHOLD = 400
+# The share of the timeout a summary may wait for the NER model to load.
+MODEL_WAIT_SHARE = 0.5
+
+_load_lock = threading.Lock()
+_load_future: concurrent.futures.Future[Language] | None = None
+_SECOND_ISSUE = re.compile(
+    r"\b(also|another|second(?: thing)?|one more thing|while i'?m at it|as well|too)\b", re.I
+)
 
 
-def _clip(text: str, limit: int = MAX_SENTENCE) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+def preload_entity_model() -> concurrent.futures.Future[Language]:
+    """Start loading the NER model in a background thread (once per process).
+
+    Returns the future of the loaded pipeline; call it at start-up so the
+    first summary does not wait.
+    """
+    global _load_future
+    with _load_lock:
+        if _load_future is None:
+            future: concurrent.futures.Future[Language] = concurrent.futures.Future()
+
+            def load() -> None:
+                try:
+                    future.set_result(facts.load_entity_model())
+                except BaseException as exc:
+                    log.warning("NER model could not be loaded; facts from patterns only")
+                    future.set_exception(exc)
+
+            threading.Thread(target=load, name="ner-model-load", daemon=True).start()
+            _load_future = future
+        return _load_future
 
 
 def _words(text: str) -> int:
     return len(re.findall(r"[A-Za-z0-9']+", text))
+
+
+def _key(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _fit(sentence: str, pattern: re.Pattern[str] | None = None) -> str:
+    """``sentence`` whole, or its clause that matters when it is very long; never cut."""
+    sentence = re.sub(r"\s+", " ", sentence).strip()
+    if len(sentence) <= MAX_SENTENCE:
+        return sentence
+    clauses = [c.strip() for c in re.split(r"[,;]\s+|\s+(?:and|but|so)\s+", sentence)]
+    for clause in clauses:
+        if _words(clause) >= 3 and (pattern is None or pattern.search(clause)):
+            clause = clause[0].upper() + clause[1:]
+            return clause if clause[-1] in ".!?" else clause + "."
+    return sentence
 
 
 def find_roles(segments: Sequence[TranscriptSegment]) -> tuple[str | None, str | None]:
@@ -78,26 +139,83 @@ def find_roles(segments: Sequence[TranscriptSegment]) -> tuple[str | None, str |
 
 
 class OfflineSummarizer(Summarizer):
-    """Summarizes a call with text patterns only; always available.
+    """Summarizes a call on this machine (NER, number parsing, cue phrases); always available.
 
     Args:
         timeout_s: How long one summary may take.
-        caller_identity: The caller's identity, when known (skips the guess).
+        caller_identity: The caller's identity, when known (skips the guess);
+            ``roles`` given to :meth:`summarize` take precedence.
+        ner: Use the NER model (loaded in the background at the first summary,
+            or at start-up by :func:`preload_entity_model`); ``False``: patterns only.
     """
 
     name = "offline"
 
-    def __init__(self, *, timeout_s: float = 10.0, caller_identity: str | None = None) -> None:
+    def __init__(
+        self, *, timeout_s: float = 10.0, caller_identity: str | None = None, ner: bool = True
+    ) -> None:
         super().__init__(timeout_s=timeout_s)
         self.caller_identity = caller_identity
+        self.ner = ner
 
     async def _summarize_impl(self, segments: Sequence[TranscriptSegment]) -> SummaryCard:
-        if len(segments) > THREAD_THRESHOLD:
-            return await asyncio.to_thread(self.summarize_sync, segments)
-        return self.summarize_sync(segments)
+        return await self._summarize_with_roles(segments, None)
 
-    def summarize_sync(self, segments: Sequence[TranscriptSegment]) -> SummaryCard:
-        """Make the card synchronously (pure CPU work, no I/O); never raises for odd input."""
+    async def _summarize_with_roles(
+        self, segments: Sequence[TranscriptSegment], roles: SpeakerRoles | None
+    ) -> SummaryCard:
+        nlp: Language | None = None
+        if self.ner:
+            future = preload_entity_model()
+            try:
+                nlp = await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(future)),
+                    self.timeout_s * MODEL_WAIT_SHARE,
+                )
+            except TimeoutError:
+                log.warning("NER model still loading; facts from patterns only")
+            except Exception:
+                nlp = None  # logged once by the loader
+        return await asyncio.to_thread(self._summarize, segments, roles, nlp)
+
+    def summarize_sync(
+        self, segments: Sequence[TranscriptSegment], roles: SpeakerRoles | None = None
+    ) -> SummaryCard:
+        """Make the card synchronously (CPU work, loads the model if needed; no event loop).
+
+        Never raises for odd input. Blocking: call it from a worker thread.
+        """
+        nlp: Language | None = None
+        if self.ner:
+            try:
+                nlp = preload_entity_model().result()
+            except Exception:
+                nlp = None
+        return self._summarize(segments, roles, nlp)
+
+    def _roles(
+        self, segs: Sequence[TranscriptSegment], roles: SpeakerRoles | None
+    ) -> tuple[str | None, set[str]]:
+        speakers = {s.speaker for s in segs}
+        caller, agent = find_roles(segs)
+        known = roles.caller if roles is not None and roles.caller else self.caller_identity
+        if known:
+            caller = known  # the service knows; absent from the transcript = one-sided call
+            agent = None if agent == caller else agent
+        agents = set(roles.agents) if roles is not None else set()
+        if agent is not None:
+            agents.add(agent)
+        if caller is not None and (known or len(speakers) > 1):
+            agents |= {sp for sp in speakers if sp != caller}
+        agents.discard(caller or "")
+        return caller, agents
+
+    def _summarize(
+        self,
+        segments: Sequence[TranscriptSegment],
+        roles: SpeakerRoles | None,
+        nlp: Language | None,
+    ) -> SummaryCard:
         segs = sorted(
             (s for s in segments if s.final and s.text and s.text.strip()),
             key=lambda s: (s.start_s, s.end_s),
@@ -107,25 +225,43 @@ class OfflineSummarizer(Summarizer):
                 reason="No speech was transcribed.",
                 next_step="Greet the caller and ask how you can help.",
             )
-        caller, agent = find_roles(segs)
-        if self.caller_identity and any(s.speaker == self.caller_identity for s in segs):
-            caller = self.caller_identity
-            if agent == caller:
-                agent = None
-        caller_text = [s.text for s in segs if s.speaker == caller]
-        agent_text = [s.text for s in segs if s.speaker != caller]
-        all_text = " ".join(s.text for s in segs)
+        caller, agents = self._roles(segs, roles)
+        turns: list[facts.Turn] = []
+        speakers: list[str] = []
+        for s in segs:
+            role: facts.Role = (
+                "caller" if s.speaker == caller else "agent" if s.speaker in agents else "unknown"
+            )
+            if speakers and speakers[-1] == s.speaker:
+                turns[-1] = facts.Turn(role, f"{turns[-1].text} {s.text.strip()}")
+            else:
+                turns.append(facts.Turn(role, s.text.strip()))
+                speakers.append(s.speaker)
+        digits = [facts.Turn(t.role, facts.spoken_to_digits(t.text)) for t in turns]
+        names = roles.agent_names if roles else ()
+        try:
+            call_facts = facts.extract_call_facts(
+                digits, nlp=nlp, agent_names=names, converted=True
+            )
+        except Exception:
+            # The model must never cost the card: fall back to the patterns.
+            log.exception("NER failed; facts from patterns only")
+            call_facts = facts.extract_call_facts(digits, agent_names=names, converted=True)
+        caller_text = [t.text for t in digits if t.role == "caller"]
+        agent_text = [t.text for t in digits if t.role != "caller"]
 
-        reason = self._reason(caller_text or [all_text])
-        key_facts = facts.extract_facts(all_text)[:MAX_FACTS]
+        reason = self._reason(caller_text or [t.text for t in digits])
         done = self._matching(agent_text, facts.ACTION_CUES)
+        skip = {_key(x) for x in done} | {_key(x) for x in facts.sentences(reason)}
         open_items = [
-            x for x in self._matching([s.text for s in segs], facts.OPEN_CUES) if x not in done
-        ][:MAX_ITEMS]
+            x
+            for x in self._matching([t.text for t in digits], facts.OPEN_CUES)
+            if _key(x) not in skip and not x.endswith("?")  # a question asked is no open item
+        ][-MAX_ITEMS:]
         sentiment = self._sentiment(caller_text)
         return SummaryCard(
             reason=reason,
-            key_facts=tuple(key_facts),
+            key_facts=tuple(call_facts.all()[:MAX_FACTS]),
             actions_taken=tuple(done),
             open_items=tuple(open_items),
             sentiment=sentiment,
@@ -135,30 +271,47 @@ class OfflineSummarizer(Summarizer):
     @staticmethod
     def _reason(texts: Sequence[str]) -> str:
         first: list[str] = []
-        for text in texts[:8]:
-            for sentence in facts.sentences(text):
-                if _words(sentence) < 3:
-                    continue
-                if facts.REASON_CUES.search(sentence):
-                    return _clip(sentence)
-                first.append(sentence)
+        needs: list[str] = []
+        for k, text in enumerate(texts):
+            said = [x for x in facts.sentences(text) if _words(x) >= 3]
+            for j, sentence in enumerate(said):
+                # A need, a problem, or a complaint ("... again!") states the reason.
+                cue = facts.REASON_CUES.search(sentence) or (
+                    not needs and facts.NEGATIVE_WORDS.search(sentence)
+                )
+                if cue:
+                    first_need = not needs and k < 8
+                    second = bool(needs) and len(needs) < 2 and _SECOND_ISSUE.search(sentence)
+                    if first_need or second:
+                        needs.append(_fit(sentence, facts.REASON_CUES))
+                        # A short follow-up in the same breath belongs to it.
+                        nxt = said[j + 1] if j + 1 < len(said) else ""
+                        if first_need and nxt and _words(nxt) <= 8 and not nxt.endswith("?"):
+                            needs.append(nxt)
+                elif k < 8:
+                    first.append(sentence)
+        if needs:
+            return " ".join(dict.fromkeys(needs))
         if first:
-            return _clip(first[0])
+            return _fit(first[0])
         short = " ".join(texts).strip()
-        return _clip(short) if short else "Not stated."
+        return _fit(short) if short else "Not stated."
 
     @staticmethod
-    def _matching(texts: Sequence[str], pattern: re.Pattern[str]) -> list[str]:
+    def _matching(texts: Iterable[str], pattern: re.Pattern[str]) -> list[str]:
         out: list[str] = []
         seen: set[str] = set()
         for text in texts:
             for sentence in facts.sentences(text):
                 if _words(sentence) < 3 or not pattern.search(sentence):
                     continue
-                key = sentence.lower()
+                if facts.is_introduction(sentence):
+                    continue  # "Parcelpoint, Felix here.": a greeting, not an item
+                item = _fit(sentence, pattern)
+                key = _key(item)
                 if key not in seen:
                     seen.add(key)
-                    out.append(_clip(sentence))
+                    out.append(item)
         # Keep the latest items: in a long call they are the ones still relevant.
         return out[-MAX_ITEMS:]
 
@@ -168,7 +321,9 @@ class OfflineSummarizer(Summarizer):
             return "unknown"
         neg = facts.count_matches(facts.NEGATIVE_WORDS, caller_text)
         # "thank you" at the end of a call is politeness more than joy: weigh it half.
-        pos = facts.count_matches(facts.POSITIVE_WORDS, caller_text) * 0.5
+        pos = facts.count_matches(facts.POSITIVE_WORDS, caller_text) + 0.5 * facts.count_matches(
+            facts.POLITE_WORDS, caller_text
+        )
         if neg >= 2 and neg > pos:
             return "negative"
         if neg > pos + 0.5:
@@ -185,7 +340,8 @@ class OfflineSummarizer(Summarizer):
             return "Ask the caller why they are calling; only one side was transcribed."
         prefix = "Acknowledge the caller's frustration, then " if sentiment == "negative" else ""
         if open_items:
-            step = f"follow up on: {open_items[0]}"
+            n = len(open_items)
+            step = "follow up on the open item." if n == 1 else f"follow up on the {n} open items."
         elif done:
             step = "confirm the caller is satisfied with what was done and close the call."
         else:

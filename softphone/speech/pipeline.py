@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from softphone.config import Settings
-from softphone.domain.summary import SummaryCard
+from softphone.domain.summary import SpeakerRoles, SummaryCard
 from softphone.errors import ConfigError, ValidationError
 from softphone.speech.factory import make_batch_stt, make_offline_summarizer, make_summarizer
 from softphone.speech.stt import BatchStt, Transcript
@@ -259,6 +259,7 @@ async def transcribe_file(
     speaker: str = "caller",
     stt: BatchStt | None = None,
     summarizer: Summarizer | None = None,
+    roles: SpeakerRoles | None = None,
 ) -> SpeechResult:
     """Check, transcribe and summarize an uploaded audio file.
 
@@ -268,6 +269,8 @@ async def transcribe_file(
         speaker: Identity given to the transcript's segments.
         stt: A provider to use instead of the configured one (not closed here).
         summarizer: A summarizer to use instead of the configured one (not closed here).
+        roles: Who is the caller and who the agents, when the service knows it
+            (e.g. ``SpeakerRoles(caller=speaker)`` for the caller's own track).
 
     Raises:
         ValidationError: The file is not acceptable (see :func:`probe_audio`).
@@ -294,7 +297,7 @@ async def transcribe_file(
     except ConfigError:
         primary = fallback  # a missing key degrades the summary, not the route
     try:
-        card = await summarize_with_fallback(primary, fallback, transcript.segments)
+        card = await summarize_with_fallback(primary, fallback, transcript.segments, roles=roles)
     finally:
         if own_sum:
             await primary.aclose()

@@ -1,13 +1,26 @@
 """The scripted test calls in ``tests/data/calls/`` and their rendering to speech.
 
-Each call is JSON: two speakers (role -> identity and espeak-ng voice), the
-turns (speaker role and text), the facts a good summary must contain and the
-caller's sentiment. :func:`render_call` speaks every turn with espeak-ng (two
-different voices), caches each rendering under ``tests/.cache/speech/`` keyed
-by a hash of text and voice, and lays the turns out on one timeline as one
-track per speaker (silence while the other one talks), as a call recording
-would have them. Also here: the text normalisation and word error rate used
-by the tests and by ``bench/speech.py``.
+Each call is JSON::
+
+    {"id": "h01_card_blocked",
+     "split": "tune" | "heldout",          # default "tune"
+     "speakers": {"caller": {"identity": "caller-daniel", "voice": "en-gb-scotland+m2",
+                             "speed": 160},  # words per minute, default 150
+                  "agent": {...}},
+     "noise": {"kind": "white" | "brown", "snr_db": 20, "seed": 3},   # optional
+     "turns": [{"speaker": "agent", "text": "..."}, ...],
+     "facts": ["Daniel Okafor", "48190273", ...],   # what a good card must contain
+     "sentiment": "positive" | "neutral" | "negative" | "unknown",
+     "agent_name": "Priya"}                         # optional: never a caller fact
+
+The ``heldout`` split is never used to tune a pattern, prompt or threshold
+(see ``docs/notes-speech.md``). :func:`render_call` speaks every turn with
+espeak-ng (each speaker's voice and speed), caches each rendering under
+``tests/.cache/speech/`` keyed by a hash of text, voice and speed, lays the
+turns out on one timeline as one track per speaker (silence while the other
+one talks), as a call recording would have them, and mixes in the call's
+seeded noise. Also here: the text normalisation and word error rate used by
+the tests and by ``bench/speech.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ CACHE_DIR = ROOT / "tests" / ".cache" / "speech"
 SAMPLE_RATE = 48000
 GAP_S = 0.8
 ESPEAK_SPEED = 150
+SPLITS = ("tune", "heldout")
+NOISE_KINDS = ("white", "brown")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +55,16 @@ class Turn:
     identity: str
     voice: str
     text: str
+    speed: int = ESPEAK_SPEED
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """Noise mixed into every track of a rendered call (seeded: the same every run)."""
+
+    kind: str
+    snr_db: float
+    seed: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +76,19 @@ class Call:
     turns: tuple[Turn, ...]
     facts: tuple[str, ...]
     sentiment: str
+    split: str = "tune"
+    agent_name: str | None = None
+    noise: Noise | None = None
+
+    @property
+    def caller_identity(self) -> str:
+        """The caller's identity (the call registry knows it in a real call)."""
+        return self.identities["caller"]
+
+    @property
+    def agent_identity(self) -> str:
+        """The agent's identity."""
+        return self.identities["agent"]
 
     def reference_segments(self) -> list[TranscriptSegment]:
         """The script as transcript segments (one per turn, 4 s apart)."""
@@ -84,31 +122,48 @@ class RenderedCall:
     duration_s: float
 
 
-def load_calls() -> list[Call]:
-    """Every call in the corpus, in file-name order."""
-    calls: list[Call] = []
-    for path in sorted(CALLS_DIR.glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        speakers = data["speakers"]
-        turns = tuple(
-            Turn(
-                t["speaker"],
-                speakers[t["speaker"]]["identity"],
-                speakers[t["speaker"]]["voice"],
-                t["text"],
-            )
-            for t in data["turns"]
+def _parse_call(path: Path) -> Call:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    speakers = data["speakers"]
+    if set(speakers) != {"caller", "agent"}:
+        raise ValueError(f"{path.name}: speakers must be exactly caller and agent")
+    split = data.get("split", "tune")
+    if split not in SPLITS:
+        raise ValueError(f"{path.name}: split must be one of {SPLITS}")
+    noise = None
+    if "noise" in data:
+        n = data["noise"]
+        if n["kind"] not in NOISE_KINDS:
+            raise ValueError(f"{path.name}: noise kind must be one of {NOISE_KINDS}")
+        noise = Noise(n["kind"], float(n["snr_db"]), int(n["seed"]))
+    turns = tuple(
+        Turn(
+            t["speaker"],
+            speakers[t["speaker"]]["identity"],
+            speakers[t["speaker"]]["voice"],
+            t["text"],
+            int(speakers[t["speaker"]].get("speed", ESPEAK_SPEED)),
         )
-        calls.append(
-            Call(
-                id=data["id"],
-                identities={r: s["identity"] for r, s in speakers.items()},
-                turns=turns,
-                facts=tuple(data["facts"]),
-                sentiment=data["sentiment"],
-            )
-        )
-    return calls
+        for t in data["turns"]
+    )
+    return Call(
+        id=data["id"],
+        identities={r: s["identity"] for r, s in speakers.items()},
+        turns=turns,
+        facts=tuple(data["facts"]),
+        sentiment=data["sentiment"],
+        split=split,
+        agent_name=data.get("agent_name"),
+        noise=noise,
+    )
+
+
+def load_calls(split: str | None = None) -> list[Call]:
+    """The calls of the corpus in file-name order: all, or those of one ``split``."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    calls = [_parse_call(p) for p in sorted(CALLS_DIR.glob("*.json"))]
+    return [c for c in calls if split is None or c.split == split]
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -129,18 +184,18 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -
     return path
 
 
-def render_turn(text: str, voice: str) -> np.ndarray:
+def render_turn(text: str, voice: str, speed: int = ESPEAK_SPEED) -> np.ndarray:
     """``text`` spoken by espeak-ng with ``voice``, 48 kHz, leading/trailing silence trimmed.
 
     Cached by a hash of text, voice and speed, so each is rendered once per machine.
     """
-    key = hashlib.sha256(f"{voice}|{ESPEAK_SPEED}|{text}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{voice}|{speed}|{text}".encode()).hexdigest()[:24]
     out = CACHE_DIR / f"{key}.wav"
     if not out.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         raw = out.with_suffix(".raw.wav")
         subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", str(ESPEAK_SPEED), "-w", str(raw), text],
+            ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text],
             check=True,
             capture_output=True,
         )
@@ -162,7 +217,9 @@ def render_turn(text: str, voice: str) -> np.ndarray:
 
 def render_call(call: Call, *, gap_s: float = GAP_S) -> RenderedCall:
     """Speak the whole call: one track per speaker, turns one after another."""
-    pieces: list[tuple[Turn, np.ndarray]] = [(t, render_turn(t.text, t.voice)) for t in call.turns]
+    pieces: list[tuple[Turn, np.ndarray]] = [
+        (t, render_turn(t.text, t.voice, t.speed)) for t in call.turns
+    ]
     pos = int(gap_s * SAMPLE_RATE)
     utterances: list[Utterance] = []
     placed: list[tuple[str, int, np.ndarray]] = []
@@ -181,7 +238,33 @@ def render_call(call: Call, *, gap_s: float = GAP_S) -> RenderedCall:
     tracks = {ident: np.zeros(total, np.int16) for ident in call.identities.values()}
     for ident, start, audio in placed:
         tracks[ident][start : start + len(audio)] = audio
+    if call.noise is not None and placed:
+        speech = np.concatenate([a for _, _, a in placed]).astype(np.float64)
+        level = float(np.sqrt(np.mean(speech**2)))
+        for k, ident in enumerate(sorted(tracks)):
+            noise = make_noise(call.noise, total, seed_offset=k)
+            noise *= level / 10 ** (call.noise.snr_db / 20)
+            mixed = tracks[ident].astype(np.float64) + noise
+            tracks[ident] = np.clip(mixed, -32768, 32767).astype(np.int16)
     return RenderedCall(call, tracks, tuple(utterances), total / SAMPLE_RATE)
+
+
+def make_noise(noise: Noise, n: int, *, seed_offset: int = 0) -> np.ndarray:
+    """``n`` samples of unit-RMS noise of ``noise.kind``, from its seed.
+
+    ``white`` is flat; ``brown`` falls 6 dB per octave (traffic, wind, a
+    street), shaped in the frequency domain and cut below 20 Hz.
+    """
+    rng = np.random.default_rng(noise.seed + seed_offset)
+    x = rng.standard_normal(n)
+    if noise.kind == "brown":
+        spectrum = np.fft.rfft(x)
+        freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+        spectrum /= np.maximum(freqs, 20.0)
+        spectrum[freqs < 20.0] = 0
+        x = np.fft.irfft(spectrum, n)
+    rms = float(np.sqrt(np.mean(x**2))) or 1.0
+    return np.asarray(x / rms, np.float64)
 
 
 # ---- word error rate -------------------------------------------------------
@@ -223,12 +306,18 @@ def normalize(text: str) -> list[str]:
     """Words for WER, in the manner of Whisper's English normaliser.
 
     Lower case, no punctuation, contractions expanded, numbers as digits,
-    ``$5`` as ``5 dollars``, ``3pm`` as ``3 pm``, ``dc 5521`` as ``dc5521``,
-    e-mail addresses spelled out, fillers dropped.
+    ``$5`` as ``5 dollars`` (``£``, ``€`` alike), ``3pm`` as ``3 pm``, ``dc 5521`` as ``dc5521``,
+    e-mail addresses spelled out, fillers dropped; digit strings and codes
+    compared character by character.
     """
     t = text.lower().replace("’", "'")
     t = re.sub(r"\$(\d+)\.(\d\d)\b", r"\1 dollars and \2 cents", t)
     t = re.sub(r"\$(\d+)", r"\1 dollars", t)
+    # As Whisper's normaliser: "£15" is "15 pounds", "€75.50" is "75 euros and 50 cents".
+    t = re.sub(r"£(\d+)\.(\d\d)\b", r"\1 pounds and \2 pence", t)
+    t = re.sub(r"£(\d+)", r"\1 pounds", t)
+    t = re.sub(r"€(\d+)\.(\d\d)\b", r"\1 euros and \2 cents", t)
+    t = re.sub(r"€(\d+)", r"\1 euros", t)
     t = re.sub(r"(?<=\d),(?=\d{3})", "", t)
     t = re.sub(r"(\d+)(st|nd|rd|th)\b", r"\1", t)
     t = re.sub(r"\b(\d+)\s*([ap])\.?\s?m\b\.?", r"\1 \2m", t)
@@ -267,7 +356,9 @@ def normalize(text: str) -> list[str]:
         else:
             out.append(w)
         i += 1
-    return out
+    # Digit strings and codes letter by letter: "nine nine three" (9 9 3) and
+    # "993" are the same words, and a code is wrong by its wrong characters.
+    return [ch for w in out for ch in (list(w) if any(c.isdigit() for c in w) else [w])]
 
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:

@@ -1,6 +1,12 @@
-"""The summary card: read-only view and an editor that yields a new card."""
+"""The summary card: read-only view and an editor that yields a new card.
+
+Both show who the caller is (the key facts labelled ``Caller ...``: name,
+account, contact) apart from the other facts.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 from PySide6.QtWidgets import (
     QComboBox,
@@ -13,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from softphone.domain.summary import SENTIMENTS, SummaryCard
+from softphone.domain.summary import CALLER_PREFIX, SENTIMENTS, SummaryCard, is_caller_fact
 
 
 class SummaryCardView(QTextBrowser):
@@ -43,6 +49,16 @@ def _items(text: str) -> tuple[str, ...]:
     return tuple(x.strip().lstrip("-• ").strip() for x in text.splitlines() if x.strip())
 
 
+def _as_caller_fact(item: str) -> str:
+    """A line of the caller box as a caller fact: "Phone: 555" -> "Caller phone: 555"."""
+    if is_caller_fact(item):
+        return item
+    label, sep, value = item.partition(":")
+    if sep and label.strip() and " " not in label.strip() and value.strip():
+        return f"{CALLER_PREFIX} {label.strip().lower()}: {value.strip()}"
+    return f"{CALLER_PREFIX}: {item}"
+
+
 class SummaryCardEditor(QWidget):
     """Edit every field of a card; :meth:`card` returns the edited card."""
 
@@ -56,6 +72,7 @@ class SummaryCardEditor(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         form = QFormLayout()
         self.reason = QLineEdit()
+        self.caller = QPlainTextEdit()
         self.facts = QPlainTextEdit()
         self.done = QPlainTextEdit()
         self.open_items = QPlainTextEdit()
@@ -64,6 +81,7 @@ class SummaryCardEditor(QWidget):
         self.next_step = QLineEdit()
         for label, w in (
             ("&Reason", self.reason),
+            ("&Caller (name, account, contact)", self.caller),
             ("Key &facts (one per line)", self.facts),
             ("&Done", self.done),
             ("&Open items", self.open_items),
@@ -84,7 +102,8 @@ class SummaryCardEditor(QWidget):
         """Fill the fields from ``card``."""
         self._base = card
         self.reason.setText(card.reason)
-        self.facts.setPlainText(_lines(card.key_facts))
+        self.caller.setPlainText(_lines(card.caller_facts))
+        self.facts.setPlainText(_lines(card.other_facts))
         self.done.setPlainText(_lines(card.actions_taken))
         self.open_items.setPlainText(_lines(card.open_items))
         self.sentiment.setCurrentText(card.sentiment)
@@ -99,7 +118,10 @@ class SummaryCardEditor(QWidget):
         edited = SummaryCard.from_dict(
             {
                 "reason": self.reason.text(),
-                "key_facts": list(_items(self.facts.toPlainText())),
+                "key_facts": [
+                    *(_as_caller_fact(x) for x in _items(self.caller.toPlainText())),
+                    *_items(self.facts.toPlainText()),
+                ],
                 "actions_taken": list(_items(self.done.toPlainText())),
                 "open_items": list(_items(self.open_items.toPlainText())),
                 "sentiment": self.sentiment.currentText(),
@@ -108,6 +130,9 @@ class SummaryCardEditor(QWidget):
                 "fallback": self._base.fallback,
             }
         )
+        if sorted(edited.key_facts) == sorted(self._base.key_facts):
+            # Shown in two boxes, the facts come back grouped: the same facts are no edit.
+            edited = dataclasses.replace(edited, key_facts=self._base.key_facts)
         if edited != self._base:
             edited = SummaryCard.from_dict({**edited.to_dict(), "source": "edited"})
         return edited
