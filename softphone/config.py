@@ -178,8 +178,36 @@ class Settings:
     recordings_dir: Path = _field(Path(), "where call recordings go (empty: profile/recordings)")
     input_device: str = _field("", "microphone device name (empty: system default)")
     output_device: str = _field("", "speaker/headset device name (empty: system default)")
+    echo_cancellation: bool = _field(True, "remove the speaker's echo from the microphone")
+    noise_suppression: bool = _field(True, "remove steady background noise from the microphone")
+    high_pass: bool = _field(True, "remove rumble below speech from the microphone")
+    auto_gain: bool = _field(True, "keep the microphone's voice at a steady level")
     theme: Theme = _field("light", "UI theme: light or dark")
     log_level: str = _field("INFO", "log level: DEBUG, INFO, WARNING, ERROR")
+    speech_glossary: str = _field(
+        "",
+        "company and product names the speech recogniser should expect, separated by commas"
+        " (at most 40 names of at most 48 characters, 600 characters in all)",
+    )
+
+    def __post_init__(self) -> None:
+        # Checked here, not in _validate, so that every way of building
+        # Settings (file, environment, command line, dataclasses.replace) is.
+        text = self.speech_glossary
+        if len(text) > 600:
+            raise ConfigError("speech_glossary: at most 600 characters")
+        if any(not c.isprintable() for c in text):
+            raise ConfigError("speech_glossary: no control characters or line breaks")
+        terms = self.speech_glossary_terms
+        if len(terms) > 40:
+            raise ConfigError("speech_glossary: at most 40 names, separated by commas")
+        if any(len(t) > 48 for t in terms):
+            raise ConfigError("speech_glossary: each name at most 48 characters")
+
+    @property
+    def speech_glossary_terms(self) -> tuple[str, ...]:
+        """The glossary's names, blanks around each dropped, empty entries skipped."""
+        return tuple(t.strip() for t in self.speech_glossary.split(",") if t.strip())
 
     @property
     def profile_dir(self) -> Path:
@@ -521,6 +549,7 @@ def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
         if FIELDS[key].metadata.get("secret"):
             values[key] = getattr(settings, key)
     _validate(values)
+    new = Settings(**values)  # its own checks too, before anything is written
     settings.profile_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -528,4 +557,4 @@ def save_settings(settings: Settings, changes: Mapping[str, Any]) -> Settings:
     with open(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(current, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
-    return Settings(**values)
+    return new

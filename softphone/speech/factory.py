@@ -61,4 +61,5 @@ def make_batch_stt(settings: Settings) -> BatchStt:
         model=settings.stt_model,
         device=settings.stt_device,
         compute_type=settings.stt_compute_type,
+        glossary=settings.speech_glossary_terms,
     )

@@ -11,6 +11,20 @@ thread (never the event loop or the UI thread) and comes back as a final
 partial segments (``final=False``, same ``segment_id``) are emitted when the
 worker is idle; the final one replaces them.
 
+CPU: every recognition costs about the same whatever the utterance's length
+(the encoder's window), so the cost is the number of recognitions. Nothing is
+decoded while nobody speaks (the VAD gates the model); each utterance is
+encoded with only a few seconds of padding, not Whisper's 30 s window
+(:meth:`WhisperEngine.transcribe_utterance`); partials are greedy and only
+made while recognition is cheap, finals use beam search. :attr:`stats`
+counts what was done. Measurements: ``docs/notes-transcriber.md``.
+
+A glossary (company and product names, the ``speech_glossary`` setting) is
+given to the model as the text before each utterance, so it spells those
+names as written. Numbers come out as digits: Whisper writes most of them
+so, and what it spells out ("nine nine three, four zero") goes through
+:func:`softphone.speech.facts.spoken_to_digits` (text2num), as the cards do.
+
 A failure of the speech engine never stops the call: it is emitted as an
 ``error`` event and the next utterance is tried again.
 """
@@ -24,7 +38,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -35,7 +49,13 @@ from softphone.domain.events import EventEmitter
 from softphone.domain.transcript import TranscriptSegment
 from softphone.errors import SoftphoneError, SpeechError
 from softphone.media.session import RemoteAudio
-from softphone.speech.whisper_engine import SAMPLE_RATE, WhisperEngine, shared_engine
+from softphone.speech.facts import spoken_to_digits
+from softphone.speech.whisper_engine import (
+    SAMPLE_RATE,
+    WhisperEngine,
+    glossary_prompt,
+    shared_engine,
+)
 from softphone.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +85,31 @@ def to_16k(samples: np.ndarray[Any, Any], sample_rate: int) -> np.ndarray[Any, A
         np.linspace(0, len(x) - 1, n_out), np.arange(len(x)), x
     ).astype(np.float32)
     return resampled
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveStats:
+    """What a live transcriber has done (for benchmarks, tests and diagnostics).
+
+    Attributes:
+        partials: Recognitions of an utterance still in progress.
+        finals: Recognitions of a finished utterance (speculative ones included).
+        speculative_wasted: Speculative finals whose speaker went on talking
+            (shown as partials; the utterance is recognised again at its end).
+        utterances: Utterances the VAD cut (each gets one final segment).
+        busy_s: Wall-clock seconds the model spent on this transcriber's audio.
+    """
+
+    partials: int = 0
+    finals: int = 0
+    speculative_wasted: int = 0
+    utterances: int = 0
+    busy_s: float = 0.0
+
+    @property
+    def recognitions(self) -> int:
+        """Model runs in all (partials and finals)."""
+        return self.partials + self.finals
 
 
 @dataclasses.dataclass
@@ -132,8 +177,16 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         max_utterance_s: Longest utterance before it is cut.
         min_speech_s: Shorter bursts are ignored (clicks, noise).
         partials: Emit partial segments while someone talks.
-        partial_interval_s: Speech between two partials of one utterance.
-        beam_size: faster-whisper beam width (1: greedy, fastest).
+        partial_interval_s: Audio between two early recognitions of one
+            utterance (partials, or a final started at a pause that may not
+            be the end); each is a whole recognition.
+        beam_size: Beam width of finals (1: greedy, fastest; 5: fewer errors,
+            about 10 % more CPU per recognition).
+        partial_beam_size: Beam width of partials (greedy: they are replaced anyway).
+        glossary: Company and product names the model should expect.
+        pad_s: Silence after each utterance in the encoder's window (see
+            :meth:`WhisperEngine.transcribe_utterance`).
+        digits: Write spoken numbers and spelled-out codes as digits.
     """
 
     def __init__(
@@ -151,8 +204,12 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         max_utterance_s: float = 15.0,
         min_speech_s: float = 0.25,
         partials: bool = True,
-        partial_interval_s: float = 1.5,
-        beam_size: int = 1,
+        partial_interval_s: float = 3.0,
+        beam_size: int = 5,
+        partial_beam_size: int = 1,
+        glossary: Sequence[str] = (),
+        pad_s: float = 5.0,
+        digits: bool = True,
     ) -> None:
         super().__init__()
         self._engine = engine
@@ -169,6 +226,10 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         self._partials = partials
         self._partial_frames = max(1, round(partial_interval_s * SAMPLE_RATE / FRAME))
         self._beam_size = beam_size
+        self._partial_beam_size = partial_beam_size
+        self._prompt = glossary_prompt(glossary)
+        self._pad_s = pad_s
+        self._digits = digits
         self._speakers: dict[tuple[str, str], _Speaker] = {}
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._busy = False
@@ -191,8 +252,27 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         # delay the finals, so they stop until recognition is fast again.
         self._cost_per_s = 0.1
         self.partial_budget_s = 0.4
-        self.busy_s = 0.0  # seconds the model spent recognising (real-time factor, diagnostics)
-        self.jobs_done = 0  # recognitions run (partials and finals)
+        self._stats = LiveStats()
+
+    @property
+    def stats(self) -> LiveStats:
+        """Counters of the recognitions run so far (a snapshot)."""
+        return self._stats
+
+    @property
+    def prompt(self) -> str:
+        """The text given to the model before each utterance (from the glossary)."""
+        return self._prompt
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the model spent recognising (for the real-time factor)."""
+        return self._stats.busy_s
+
+    @property
+    def jobs_done(self) -> int:
+        """Recognitions run so far (partials and finals)."""
+        return self._stats.recognitions
 
     @classmethod
     def from_settings(
@@ -203,7 +283,8 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         call_id: str | None = None,
         **kw: Any,
     ) -> LiveTranscriber:
-        """A transcriber using the ``stt_model``, ``stt_device`` and ``stt_compute_type`` settings."""
+        """A transcriber using the ``stt_*`` settings and the ``speech_glossary``."""
+        kw.setdefault("glossary", settings.speech_glossary_terms)
         return cls(
             model=settings.stt_model,
             device=settings.stt_device,
@@ -390,7 +471,16 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
                 st.silent_run == self._spec_frames
                 and not st.spec_token
                 and st.voiced_frames >= self._min_frames
+                # A pause after a partial or an earlier speculation of this
+                # utterance waits for the real end: in fluent speech most
+                # pauses are between sentences, and each early guess is a
+                # whole recognition (shown only as a partial).
+                and (
+                    st.frames_at_partial == 0
+                    or st.utt_frames - st.frames_at_partial >= self._partial_frames
+                )
             ):
+                st.frames_at_partial = st.utt_frames
                 self._spec_seq += 1
                 st.spec_token = self._spec_seq
                 self._spec_state[st.spec_token] = "pending"
@@ -414,6 +504,7 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         self._spec_state[token] = "dropped"
         seg = self._spec_results.pop(token, None)
         if seg is not None:
+            self._count(speculative_wasted=1)
             self._spec_state.pop(token, None)
             if seg.text and seg.segment_id not in self._finalized:
                 self.emit("segment", dataclasses.replace(seg, final=False))
@@ -431,6 +522,8 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
                 self._spec_state[token] = "confirmed"
         elif st.voiced_frames >= self._min_frames:
             self._enqueue(st, kind="final")
+        if st.voiced_frames >= self._min_frames:  # a speculation needs as much
+            self._count(utterances=1)
         st.in_speech = False
         st.utterance = []
         st.voiced_run = 0
@@ -478,12 +571,18 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         began = time.monotonic()
         try:
             assert self._engine is not None
-            pieces, _ = await loop.run_in_executor(
+            text = await loop.run_in_executor(
                 self._pool,
-                # Timestamp tokens help tiny.en: without them it mishears more.
-                functools.partial(self._engine.transcribe, job.audio, beam_size=self._beam_size),
+                functools.partial(
+                    self._engine.transcribe_utterance,
+                    job.audio,
+                    beam_size=self._beam_size if job.final else self._partial_beam_size,
+                    prompt=self._prompt,
+                    pad_s=self._pad_s,
+                ),
             )
-            text = " ".join(p.text for p in pieces).strip()
+            if self._digits and text:
+                text = spoken_to_digits(text)
         except SoftphoneError as exc:
             log.warning("live transcription failed", extra={"error": exc.message})
             self._spec_state.pop(job.token, None)
@@ -497,10 +596,9 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         finally:
             self._busy = False
             took = time.monotonic() - began
-            self.busy_s += took
             cost = took / max(1.0, len(job.audio) / SAMPLE_RATE)
             self._cost_per_s = 0.7 * self._cost_per_s + 0.3 * cost
-            self.jobs_done += 1
+            self._count(partials=int(not job.final), finals=int(job.final), busy_s=took)
         seg = TranscriptSegment(
             speaker=job.speaker,
             start_s=job.start_s,
@@ -519,12 +617,20 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
                 self._finalize(seg)
             elif state == "pending":
                 self._spec_results[job.token] = seg  # the end is not decided yet
-            else:
+            else:  # the speaker went on while it ran
+                self._count(speculative_wasted=1)
                 self._spec_state.pop(job.token, None)
                 if text and seg.segment_id not in self._finalized:
                     self.emit("segment", dataclasses.replace(seg, final=False))
         elif text and job.segment_id not in self._finalized:
             self.emit("segment", seg)
+
+    def _count(self, **add: float) -> None:
+        s = self._stats
+        self._stats = dataclasses.replace(
+            s,
+            **{k: getattr(s, k) + v for k, v in add.items()},
+        )
 
     def _finalize(self, seg: TranscriptSegment) -> None:
         """Emit a final segment (replacing its partials) and persist it."""

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 from softphone.domain.transcript import TranscriptSegment
+from softphone.speech.facts import spoken_to_digits
 from softphone.speech.stt import BatchStt, Transcript
-from softphone.speech.whisper_engine import BUNDLED, WhisperEngine, shared_engine
+from softphone.speech.whisper_engine import (
+    BUNDLED,
+    WhisperEngine,
+    glossary_prompt,
+    shared_engine,
+)
 
 
 class LocalStt(BatchStt):
@@ -21,6 +28,8 @@ class LocalStt(BatchStt):
         beam_size: Beam width (1 is greedy and fastest).
         timeout_s: How long one transcription may take.
         engine: An already loaded engine to share (e.g. with live transcription).
+        glossary: Company and product names the model should expect (spelled as given).
+        digits: Write spoken numbers and spelled-out codes as digits (text2num).
     """
 
     name = "local"
@@ -34,6 +43,8 @@ class LocalStt(BatchStt):
         beam_size: int = 5,
         timeout_s: float = 600.0,
         engine: WhisperEngine | None = None,
+        glossary: Sequence[str] = (),
+        digits: bool = True,
     ) -> None:
         super().__init__(timeout_s=timeout_s)
         self._load = functools.partial(
@@ -41,6 +52,8 @@ class LocalStt(BatchStt):
         )
         self.beam_size = beam_size
         self._engine = engine
+        self.prompt = glossary_prompt(glossary)
+        self.digits = digits
 
     async def _transcribe_impl(
         self, path: Path, speaker: str, speaker_map: dict[str, str], leg: str
@@ -48,13 +61,15 @@ class LocalStt(BatchStt):
         def run() -> Transcript:
             engine = self._engine or self._load()
             self._engine = engine
-            pieces, duration = engine.transcribe(str(path), beam_size=self.beam_size, vad=True)
+            pieces, duration = engine.transcribe(
+                str(path), beam_size=self.beam_size, vad=True, prompt=self.prompt
+            )
             segs = tuple(
                 TranscriptSegment(
                     speaker=speaker,
                     start_s=p.start_s,
                     end_s=p.end_s,
-                    text=p.text,
+                    text=spoken_to_digits(p.text) if self.digits else p.text,
                     leg=leg,
                     segment_id=f"{speaker}-{i}",
                 )
