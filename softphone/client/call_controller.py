@@ -19,6 +19,7 @@ from softphone.domain.identifiers import validate_room_name
 from softphone.errors import MediaError, SoftphoneError
 from softphone.media.call_leg import CallLeg
 from softphone.media.devices import AudioDevices, DeviceKind
+from softphone.media.processing import options_from_settings
 from softphone.media.session import RtcSession
 from softphone.protocol import SupervisorMode, TokenRoleName
 
@@ -43,6 +44,7 @@ class CallController(EventEmitter[ControllerEvent]):
         self.devices = AudioDevices(
             input_device=context.settings.input_device,
             output_device=context.settings.output_device,
+            processing=options_from_settings(context.settings),
         )
         self.legs: dict[str, CallLeg] = {}
         self.muted = False

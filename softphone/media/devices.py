@@ -12,6 +12,11 @@ fallen back it looks for the chosen device again and switches back when it
 returns. The chosen device is remembered by name (``Settings.input_device`` /
 ``output_device``), per profile.
 
+Clean audio: the microphone's blocks pass through one :class:`AudioProcessor`
+(echo cancellation, noise suppression, high-pass, gain control; all on by
+default) in PortAudio's capture thread, and the speaker hands every block it
+plays to the same processor as the echo canceller's reverse stream.
+
 With no audio device at all (headless CI without a sound server) nothing
 fails: the microphone reports ``device_name is None`` and publishes nothing,
 the speaker drops what it is given after metering it.
@@ -38,6 +43,7 @@ from livekit import rtc
 
 from softphone.domain.events import EventEmitter
 from softphone.media.levels import LevelTracker
+from softphone.media.processing import AudioProcessor, ProcessingOptions
 from softphone.media.session import RemoteAudio
 
 try:  # PortAudio may be missing entirely; the app then runs without devices.
@@ -48,8 +54,24 @@ except OSError:  # pragma: no cover - depends on the machine
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
-BLOCK = SAMPLE_RATE // 25  # 40 ms: few wake-ups (CPU), and no underruns through the pulse plugin
-MAX_BUFFER_SAMPLES = SAMPLE_RATE // 5  # 200 ms of playout backlog at most
+# Capture in 20 ms blocks: a 40 ms block held every sample up to 40 ms before
+# anyone saw it; 20 ms is what a SIP phone sends, and two whole 10 ms frames for
+# the audio processing. Playback stays at 40 ms: with 20 ms blocks the pulse
+# plugin underran on a loaded machine, and every underrun shifts the echo's
+# delay under the echo canceller, which then lets echo through while it re-learns.
+BLOCK = SAMPLE_RATE // 50
+PLAYBACK_BLOCK = SAMPLE_RATE // 25
+# Playout backlog kept at most (older samples are dropped): the jitter between
+# the reader's frames and the device's callbacks plus a stall of the loop; a
+# 200 ms cap let a backlog built during a stall stay in the call as delay.
+# (60 ms dropped audio audibly whenever the loaded test machine stalled.)
+MAX_BUFFER_SAMPLES = SAMPLE_RATE // 10
+# The AudioSource's queue (was 200 ms: up to that much delay sat in it), and
+# the captured blocks waiting for the loop (the newest are kept). Fewer pending
+# blocks (10) cut the delay after a stall but dropped speech whenever the loaded
+# machine stalled the loop (the far end's transcript lost words): 1 s of them.
+SOURCE_QUEUE_MS = 100
+MAX_PENDING_BLOCKS = 50
 STALL_S = 1.0  # a stream with no callback for this long is considered lost
 # A stream just opened can stall for seconds (measured through the pulse plugin
 # right after a rescan: first input callback after 2 s, output silent 1.4 s after
@@ -184,23 +206,30 @@ class Microphone:
 
     Args:
         loop: The event loop the source is fed on (default: the running one).
+        processor: Cleans each captured block before it is sent (None: raw).
     """
 
-    def __init__(self, *, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        processor: AudioProcessor | None = None,
+    ) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
+        self._processor = processor
+        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=SOURCE_QUEUE_MS)
         self.levels = LevelTracker()
         self._stream: _Stream | None = None
         # The PortAudio thread appends here (deque appends are atomic) and
         # wakes the pump with call_soon_threadsafe, which on the app's QtLoop
         # is a pipe write, never a Qt call from the audio thread.
-        self._blocks: collections.deque[bytes] = collections.deque(maxlen=25)
+        self._blocks: collections.deque[bytes] = collections.deque(maxlen=MAX_PENDING_BLOCKS)
         self._captured = asyncio.Event()
         self._taps: list[Callable[[np.ndarray], None]] = []
         self._pump = self._loop.create_task(self._run_pump())
 
     def add_tap(self, tap: Callable[[np.ndarray], None]) -> Callable[[], None]:
-        """Also hand each captured 20 ms block (int16) to ``tap``, on the loop.
+        """Also hand each captured block (int16, 20 ms) to ``tap``, on the loop.
 
         Returns:
             A function that removes the tap.
@@ -228,6 +257,10 @@ class Microphone:
             if holder:
                 holder[0].last_callback = time.monotonic()
             pcm = indata[:, 0].copy()
+            if self._processor is not None:
+                pcm = self._processor.process_capture(pcm)
+                if not pcm.size:
+                    return
             self.levels.feed(pcm)
             self._blocks.append(pcm.tobytes())
             with contextlib.suppress(RuntimeError):  # the loop closed under a last callback
@@ -283,9 +316,14 @@ class Speaker:
 
     Each track is read by its own task into its own buffer; the output callback
     sums the buffers. With no device the audio is metered and dropped.
+
+    Args:
+        processor: Given every block as it goes to the device (the echo
+            canceller's reverse stream), when there is one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, processor: AudioProcessor | None = None) -> None:
+        self._processor = processor
         self.levels = LevelTracker()
         self._lock = threading.Lock()
         self._buffers: dict[str, np.ndarray] = {}
@@ -322,7 +360,7 @@ class Speaker:
             self._buffers.pop(sid, None)
 
     async def _read(self, audio: RemoteAudio) -> None:
-        stream = audio.stream(frame_size_ms=40)  # a quarter of the wake-ups of 10 ms frames
+        stream = audio.stream(frame_size_ms=20)  # half the wake-ups of 10 ms frames
         try:
             async for event in stream:
                 pcm = np.frombuffer(event.frame.data, dtype=np.int16)
@@ -349,6 +387,8 @@ class Speaker:
                     mixed[:n] += buf[:n]
                     self._buffers[sid] = buf[n:]
         outdata[:, 0] = np.clip(mixed, -32768, 32767).astype(np.int16)
+        if self._processor is not None:
+            self._processor.process_render(outdata[:, 0])
 
     def open(self, device: AudioDevice | None) -> None:
         """Play on ``device`` (``None``: stop playing)."""
@@ -360,7 +400,7 @@ class Speaker:
             channels=1,
             samplerate=SAMPLE_RATE,
             dtype="int16",
-            blocksize=BLOCK,
+            blocksize=PLAYBACK_BLOCK,
             latency="high",  # a steady stream matters more than 50 ms for a phone call
             callback=self._callback,
         )
@@ -400,6 +440,7 @@ class AudioDevices(EventEmitter[DeviceEvent]):
         return_poll_s: How often, while fallen back, it looks for the chosen
             device again (in a child process; only when it is back does it
             rescan, which closes this process's streams for a moment).
+        processing: What cleans the microphone (default: everything on).
     """
 
     def __init__(
@@ -409,8 +450,10 @@ class AudioDevices(EventEmitter[DeviceEvent]):
         output_device: str = "",
         poll_s: float = 1.0,
         return_poll_s: float = 3.0,
+        processing: ProcessingOptions | None = None,
     ) -> None:
         super().__init__()
+        self.processor = AudioProcessor(processing, sample_rate=SAMPLE_RATE)
         self.chosen: dict[DeviceKind, str] = {"input": input_device, "output": output_device}
         self._poll_s = poll_s
         self._return_poll_s = return_poll_s
@@ -420,7 +463,7 @@ class AudioDevices(EventEmitter[DeviceEvent]):
         self._stalls: dict[DeviceKind, int] = {"input": 0, "output": 0}
         _INSTANCES.add(self)
         self.mic: Microphone | None = None
-        self.speaker = Speaker()
+        self.speaker = Speaker(processor=self.processor)
         self._watcher: asyncio.Task[None] | None = None
         self._fallen_back: set[DeviceKind] = set()
         self._known: tuple[list[AudioDevice], list[AudioDevice]] = ([], [])
@@ -435,12 +478,30 @@ class AudioDevices(EventEmitter[DeviceEvent]):
 
     async def start(self) -> AudioDevices:
         """Open the chosen (or default) devices and start watching them."""
-        self.mic = Microphone()
+        self.mic = Microphone(processor=self.processor)
         self._known = (self.inputs(), self.outputs())
         self._open("input", self.chosen["input"], "chosen")
         self._open("output", self.chosen["output"], "chosen")
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return self
+
+    @property
+    def processing(self) -> ProcessingOptions:
+        """What cleans the microphone now."""
+        return self.processor.options
+
+    def set_processing(self, options: ProcessingOptions) -> None:
+        """Change what cleans the microphone, from the next captured block on."""
+        self.processor.configure(options)
+
+    def _update_echo_delay(self) -> None:
+        """Tell the echo canceller the devices' round trip (output plus input latency)."""
+        total = 0.0
+        for stream in (self.mic._stream if self.mic else None, self.speaker._stream):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    total += float(stream.stream.latency)
+        self.processor.set_device_delay_ms(total * 1000)
 
     def _endpoint(self, kind: DeviceKind) -> Microphone | Speaker:
         if kind == "input":
@@ -451,6 +512,9 @@ class AudioDevices(EventEmitter[DeviceEvent]):
     def _open(self, kind: DeviceKind, name: str, reason: str) -> None:
         device = _resolve(kind, name)
         endpoint = self._endpoint(kind)
+        if kind == "input":
+            # What the processing learnt (echo path, noise, gain) was of the old device.
+            self.processor.reset()
         try:
             endpoint.open(device)
         except Exception as exc:
@@ -458,6 +522,7 @@ class AudioDevices(EventEmitter[DeviceEvent]):
             self.emit("device_error", f"the {kind} device would not open")
             endpoint.open(None)
             device = None
+        self._update_echo_delay()
         if device is None:
             self._fallen_back.add(kind)
             self._announce(DeviceSwitch(kind, None, "none"))

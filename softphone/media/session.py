@@ -972,6 +972,25 @@ async def _answers(http: httpx.AsyncClient, url: str) -> bool:
         return False
 
 
+async def settle_abandoned(timeout_s: float = 10.0) -> None:
+    """Wait (bounded) for the joins and leaves that closed sessions left running.
+
+    Call it before the event loop stops: a room connect the loop never
+    finishes makes the SDK's FFI time out waiting for the room's
+    ready-for-events request and panic, which ends the whole process
+    (SIGTERM to itself).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while pending := [f for f in _ABANDONED if not f.done() and f.get_loop() is loop]:
+        left = deadline - loop.time()
+        if left <= 0:
+            log.warning("%d room joins or leaves still running at shutdown", len(pending))
+            return
+        await asyncio.wait(pending, timeout=left)
+        await asyncio.sleep(0)  # their done callbacks may start the leaves
+
+
 def _leave_abandoned(room: rtc.Room, connecting: asyncio.Future[None]) -> None:
     _ABANDONED.discard(connecting)
     if not connecting.cancelled() and connecting.exception() is None:

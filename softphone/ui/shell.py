@@ -21,6 +21,7 @@ from PySide6.QtCore import QSocketNotifier
 from PySide6.QtWidgets import QApplication
 
 from softphone.config import Theme
+from softphone.media.session import settle_abandoned
 from softphone.ui.async_slot import cancel_pending
 from softphone.ui.theme import apply_theme
 from softphone.ui.views.role_window import RoleWindow
@@ -210,6 +211,8 @@ def run_qt(main: Callable[[], Awaitable[None]], *, theme: Theme = "light") -> No
         loop.run_until_complete(main())
     finally:
         with contextlib.suppress(Exception):
+            # A room join left running when the loop stops makes the SDK panic.
+            loop.run_until_complete(settle_abandoned())
             loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         asyncio.set_event_loop(None)

@@ -37,7 +37,7 @@ from softphone.app import LiveKitAccess
 from softphone.config import Settings, load_settings
 from softphone.infra.local_server import LocalLiveKitServer
 from softphone.media.devices import rescan
-from softphone.media.session import RtcSession
+from softphone.media.session import RtcSession, settle_abandoned
 from softphone.server.token_minter import TokenMinter
 from softphone.ui.shell import QtLoop
 from softphone.ui.theme import apply_theme
@@ -169,7 +169,15 @@ def ui_settings(tmp_path: Path) -> Callable[..., Settings]:
     """Settings of a fresh profile in a per-test home (no machine environment)."""
 
     def make(profile: str, **values: Any) -> Settings:
-        base: dict[str, Any] = {"profile": profile, "home": tmp_path, "live_transcript": False}
+        # Tone levels are what these tests judge: no gain control or noise
+        # suppression reshaping them (tests/media checks those, on).
+        base: dict[str, Any] = {
+            "profile": profile,
+            "home": tmp_path,
+            "live_transcript": False,
+            "auto_gain": False,
+            "noise_suppression": False,
+        }
         return load_settings({**base, **values}, env={})
 
     return make
@@ -192,6 +200,8 @@ def run_ui(
         try:
             return loop.run_until_complete(asyncio.wait_for(coro, timeout_s))
         finally:
+            # A join still running when the loop stops would make the SDK panic.
+            loop.run_until_complete(settle_abandoned())
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
             asyncio.set_event_loop(previous)

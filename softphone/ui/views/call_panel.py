@@ -25,6 +25,7 @@ from softphone.client.call_controller import CallController
 from softphone.domain.identifiers import validate_room_name
 from softphone.errors import ValidationError
 from softphone.media.devices import DeviceSwitch
+from softphone.media.processing import ProcessingOptions, options_from_settings
 from softphone.media.session import Disconnected, ParticipantChange, RemoteAudio, SessionEvent
 from softphone.ui.async_slot import Report, run_task
 from softphone.ui.bridge import EventBridge
@@ -75,6 +76,7 @@ class CallPanel(QWidget):
         self._end_expected = False
         self._joining: asyncio.Task[Any] | None = None
         self._setup_ui(room_editable)
+        self._apply_processing()
         bridge.forwarded.connect(self._on_event)
         bridge.attach(
             "controller",
@@ -145,9 +147,17 @@ class CallPanel(QWidget):
         self.input_state.setAccessibleName("Microphone state")
         self.output_state = QLabel("")
         self.output_state.setAccessibleName("Speaker state")
+        self.processing_state = QLabel("")
+        self.processing_state.setAccessibleName("Audio processing")
+        self.processing_state.setWordWrap(True)
+        self.processing_state.setToolTip(
+            "Echo cancellation, noise suppression, high-pass filter and automatic gain "
+            "on the microphone; change them in Settings"
+        )
         for label, w in (
             ("Micro&phone", self.input_combo),
             ("", self.input_state),
+            ("Clean audio", self.processing_state),
             ("Input level", self.mic_meter),
             ("&Speaker", self.output_combo),
             ("", self.output_state),
@@ -258,7 +268,20 @@ class CallPanel(QWidget):
             what="choose device",
         )
 
+    def _apply_processing(self) -> None:
+        """Run the processing the settings ask for, and say what runs."""
+        wanted = options_from_settings(self.controller.context.settings)
+        devices = self.controller.devices
+        if wanted != devices.processing:
+            devices.set_processing(wanted)
+            self._log.add("mic", f"clean audio: {wanted.describe()}")
+        text = _processing_text(devices.processing)
+        if self.processing_state.text() != text:
+            self.processing_state.setText(text)
+
     def _on_meter_tick(self) -> None:
+        # Settings are saved by the settings dialog; the next tick applies them.
+        self._apply_processing()
         if not self.isVisible():
             return
         mic = self.controller.devices.mic
@@ -368,3 +391,10 @@ class CallPanel(QWidget):
         """Stop timers and forwarding (the window is closing)."""
         self._meter_timer.stop()
         self._bridge.detach_all()
+
+
+def _processing_text(options: ProcessingOptions) -> str:
+    """What the call panel says about the microphone's processing."""
+    if not options.any_on:
+        return "Off: the microphone is sent as captured"
+    return f"On: {options.describe()}"

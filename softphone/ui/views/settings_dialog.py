@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -33,9 +34,14 @@ _FIELDS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("summarizer", "Summari&zer", "choice", ("offline", "openai")),
     ("openai_base_url", "OpenAI-compatible base U&RL", "text", ()),
     ("summarizer_model", "Summarizer mo&del", "text", ()),
+    ("speech_glossary", "Speech g&lossary (names, commas)", "text", ()),
     ("offer_timeout_s", "&Offer timeout (s)", "seconds", ()),
     ("recordings_dir", "Recording &folder (empty: profile)", "text", ()),
     ("theme", "&Theme", "choice", ("light", "dark")),
+    ("echo_cancellation", "E&cho cancellation", "switch", ()),
+    ("noise_suppression", "&Noise suppression", "switch", ()),
+    ("high_pass", "&High-pass filter", "switch", ()),
+    ("auto_gain", "Automatic &gain", "switch", ()),
 )
 # What an empty text field would take, where the label cannot say it all.
 _PLACEHOLDERS = {"backend_url": "a URL, or several separated by commas"}
@@ -94,6 +100,10 @@ class SettingsDialog(QDialog):
                 combo.addItems(list(choices))
                 combo.setCurrentText(str(value))
                 editor = combo
+            elif kind == "switch":
+                check = QCheckBox("on")
+                check.setChecked(bool(value))
+                editor = check
             elif kind == "seconds":
                 spin = QDoubleSpinBox()
                 spin.setRange(0.0, 3600.0)
@@ -137,6 +147,8 @@ class SettingsDialog(QDialog):
             w = self.editors[name]
             if isinstance(w, QComboBox):
                 out[name] = w.currentText()
+            elif isinstance(w, QCheckBox):
+                out[name] = w.isChecked()
             elif isinstance(w, QDoubleSpinBox):
                 out[name] = w.value()
             elif isinstance(w, QLineEdit):
