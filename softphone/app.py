@@ -22,9 +22,9 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from softphone import __version__
 from softphone.config import FIELDS, Secret, Settings, load_settings
@@ -39,7 +39,19 @@ from softphone.server.token_minter import TokenMinter
 from softphone.store.history import HistoryStore
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from softphone.client.context import AppContext
+    from softphone.media.devices import Microphone
+    from softphone.media.scripted_voice import Party, ScriptedCall
+    from softphone.ui.views.agent_window import AgentWindow
+    from softphone.ui.views.caller_window import CallerWindow
+
+ScriptMode = Literal["auto", "caller", "both", "off"]
+# How long the scripted call waits for the call to be up and A's transcriber to
+# be ready (loading the model takes seconds on a busy machine).
+SCRIPT_READY_S = 90.0
+MIC_DRAIN_S = 1.2  # a closed microphone's backlog (at most 1 s) reaches its source meanwhile
 
 log = logging.getLogger("softphone")
 
@@ -77,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local LiveKit server and open a caller, Agent A and Agent B on one call",
     )
     demo.add_argument("--supervisor", action="store_true", help="also open a supervisor window")
+    demo.add_argument(
+        "--scripted",
+        choices=list(get_args(ScriptMode)),
+        default="auto",
+        help="play a scripted support call into the microphones: auto (each party without"
+        " a microphone), caller (the caller; you are Agent A), both, off (default: auto)",
+    )
     server = sub.add_parser(
         "server", help="start a local LiveKit server and print its URL and ready-made tokens"
     )
@@ -259,9 +278,14 @@ def demo_settings(base: Settings) -> dict[str, Settings]:
                 "role": role,
                 "identity": identity,
                 "livekit_url": base.livekit_url or None,
+                "livekit_api_key": base.livekit_api_key or None,
+                "livekit_api_secret": base.livekit_api_secret,
                 "backend_url": base.backend_url or None,
                 "theme": base.theme,
                 "log_level": base.log_level,
+                # A's live transcript is what the summary in B's offer is made of.
+                "live_transcript": base.live_transcript,
+                "lobby_room": base.lobby_room,
             }
         )
     return out
@@ -274,12 +298,15 @@ async def build_windows(
     demo: bool = False,
     supervisor: bool = False,
     auto_join: bool = True,
+    scripted: ScriptMode = "off",
 ) -> list[Any]:
     """Build the window(s) of one instance, opening their services on ``stack``.
 
     In the demo the caller places a call to Agent A through the service (its
     registry gives the room), A joins it, and both agents go online in the
-    lobby, so a warm transfer is one click away.
+    lobby, so a warm transfer is one click away. With ``scripted`` (see
+    :class:`DemoScript`) a scripted support call is then spoken into the
+    caller's (and A's) microphone.
     """
     from softphone.ui.views.agent_window import AgentWindow
     from softphone.ui.views.caller_window import CallerWindow
@@ -326,15 +353,27 @@ async def build_windows(
         for w in (caller, a):
             w.call_panel.room_edit.setText(ticket.call.room)
             w.call_panel.join_btn.click()
+        if scripted != "off":
+            script = DemoScript(caller=caller, agent=a, mode=scripted)
+            caller.closables.append(script)  # closed first, before the windows' devices
+            script.start()
     return windows
 
 
-def run_windows(settings: Settings, *, demo: bool = False, supervisor: bool = False) -> None:
+def run_windows(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    supervisor: bool = False,
+    scripted: ScriptMode = "auto",
+) -> None:
     """Open the window(s) and run until they are all closed; then stop everything."""
     from softphone.ui.shell import run_qt, run_until_closed
 
     async def build(stack: AsyncExitStack) -> list[Any]:
-        return await build_windows(settings, stack, demo=demo, supervisor=supervisor)
+        return await build_windows(
+            settings, stack, demo=demo, supervisor=supervisor, scripted=scripted
+        )
 
     started = time.monotonic()
 
@@ -345,12 +384,218 @@ def run_windows(settings: Settings, *, demo: bool = False, supervisor: bool = Fa
     run_qt(lambda: run_until_closed(build, on_shown=shown), theme=settings.theme)
 
 
-def _place(windows: Sequence[Any]) -> None:
-    """Lay the demo's windows side by side on the screen."""
-    x = 0
-    for w in windows:
-        w.move(x, 0)
-        x += min(w.width(), 640) + 10
+class DemoScript:
+    """The demo's scripted support call, spoken into the caller's (and Agent A's) microphone.
+
+    Once the call is up (both joined, A hears the caller, A's live transcript
+    ready), :data:`~softphone.media.scripted_voice.DEMO_CALL` is rendered
+    (espeak-ng, cached) and played: each scripted party's turns go into its
+    window's microphone source, in step, so A's live transcript fills and the
+    summary in B's offer is made of a real call. Who is scripted:
+
+    - ``auto``: each of the caller and A that has no microphone;
+    - ``caller``: the caller (you are Agent A and answer in its pauses);
+    - ``both``: the caller and A.
+
+    A party scripted although it has a microphone stops capturing from it.
+
+    Args:
+        caller: The caller's window.
+        agent: Agent A's window.
+        mode: Who is scripted.
+    """
+
+    def __init__(self, *, caller: CallerWindow, agent: AgentWindow, mode: ScriptMode) -> None:
+        self.caller = caller
+        self.agent = agent
+        self.mode = mode
+        self.call: ScriptedCall | None = None
+        self.parties: tuple[str, ...] = ()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Wait for the call in the background, then play the script."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="demo-script")
+            self._task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("the scripted demo call failed", exc_info=task.exception())
+
+    def _ready(self) -> bool:
+        caller_call, agent_call = self.caller.controller.call, self.agent.controller.call
+        if caller_call is None or agent_call is None:
+            return False
+        if not (caller_call.session.connected and agent_call.session.connected):
+            return False
+        # A subscribed to the caller's track, so the first words reach its transcript.
+        caller_id = self.caller.controller.identity
+        return any(t.identity == caller_id for t in agent_call.session.remote_tracks())
+
+    def _choose(self) -> dict[Party, Microphone]:
+        """The scripted parties and their window's microphone."""
+        chosen: dict[Party, Microphone] = {}
+        parties: tuple[tuple[Party, CallerWindow | AgentWindow], ...] = (
+            ("caller", self.caller),
+            ("agent", self.agent),
+        )
+        for party, window in parties:
+            mic = window.controller.devices.mic
+            if mic is None:
+                continue
+            wanted = (
+                self.mode == "both"
+                or (self.mode == "caller" and party == "caller")
+                or (self.mode == "auto" and mic.device_name is None)
+            )
+            if wanted:
+                chosen[party] = mic
+        return chosen
+
+    def _agent_heard(self, pcm: np.ndarray) -> None:
+        # A real microphone reaches A's own transcript through its taps, which
+        # only captured audio passes; the scripted voice is given to it here.
+        live = self.agent.agent.live
+        call = self.agent.controller.call
+        if live is None or call is None or call.session.muted:
+            return
+        leg = "consult" if "consult" in self.agent.controller.legs else "call"
+        live.feed(self.agent.controller.identity, pcm, leg=leg)
+
+    async def _run(self) -> None:
+        from softphone.errors import MediaError
+        from softphone.media.scripted_voice import ScriptedCall, render_script
+
+        # Rendered (first run only: cached after) while the call comes up.
+        rendering = asyncio.ensure_future(asyncio.to_thread(render_script))
+        rendering.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen: no warning
+        try:
+            deadline = time.monotonic() + SCRIPT_READY_S
+            if not await _until(self._ready, deadline):
+                log.warning("the scripted demo call did not start: the call never came up")
+                return
+            chosen = self._choose()
+            if not chosen:
+                return
+            if self.agent.context.settings.live_transcript:
+                # Else the first turns would be said before A's transcript listens.
+                await _until(lambda: self.agent.agent.live is not None, deadline)
+            script = await rendering
+        except MediaError as exc:
+            self.caller.show_warning(f"No scripted call: {exc.message}")
+            return
+        finally:
+            rendering.cancel()  # cancelled or failed while waiting: no result is awaited
+        if any(mic.device_name is not None for mic in chosen.values()):
+            for mic in chosen.values():
+                mic.close_stream()  # the script is this party's microphone now
+            # Its last captured blocks are still on their way into the source.
+            await asyncio.sleep(MIC_DRAIN_S)
+        self.parties = tuple(chosen)
+        self.call = ScriptedCall(
+            script,
+            sources={p: m.source for p, m in chosen.items()},
+            listeners={"agent": self._agent_heard} if "agent" in chosen else None,
+        )
+        minutes = f"{script.duration_s:.0f} s"
+        self.caller.set_demo_note(
+            f"Demo: a scripted caller speaks for you ({minutes})."
+            if "caller" in chosen
+            else "Demo: speak as the caller in the pauses."
+        )
+        self.agent.set_demo_note(
+            f"Demo: a scripted agent answers the caller ({minutes}). Then transfer the call."
+            if "agent" in chosen
+            else "Demo: answer the scripted caller in its pauses, then transfer the call."
+        )
+        for party in chosen:
+            window = self.caller if party == "caller" else self.agent
+            # Instead of "no microphone found": what this window sends now.
+            window.call_panel.input_state.setText("Scripted voice (demo)")
+        self.call.start()
+        await self.call.wait()
+
+    async def aclose(self) -> None:
+        """Stop the script (and the wait for the call)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.call is not None:
+            await self.call.aclose()
+
+
+async def _until(cond: Callable[[], bool], deadline: float) -> bool:
+    """Poll ``cond`` until it holds (True) or monotonic time passes ``deadline`` (False)."""
+    while True:
+        if cond():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
+Rect = tuple[int, int, int, int]  # x, y, width, height
+# What a window manager adds around a window (title bar, borders): windows are
+# moved by their frame's corner but sized by their content.
+FRAME_TOP = 32
+FRAME_SIDE = 2
+GAP = 4
+
+
+def demo_layout(area: Rect, min_widths: Sequence[int]) -> list[Rect]:
+    """Where the demo's windows go on a screen: frames side by side, none off the screen.
+
+    The caller's window (first) takes a narrow column, the two agents share
+    the rest; a fourth window (the supervisor) shares the caller's column
+    below it when the screen is tall enough, else lies over it.
+
+    Args:
+        area: The screen's available geometry.
+        min_widths: Each window's minimum frame width (3, or 4 with a supervisor).
+
+    Returns:
+        One frame rectangle per window (frame included, see :data:`FRAME_TOP`).
+    """
+    x0, y0, width, height = area
+    count = len(min_widths)
+    columns = min(count, 3)
+    if columns < 3:
+        caller_w = (width - GAP * (columns - 1)) // columns
+    else:
+        caller_w = max(min_widths[0], min(480, width // 4))
+    rest = (width - caller_w - GAP * (columns - 1)) // max(1, columns - 1)
+    rects = [(x0, y0, caller_w, height)]
+    x = x0 + caller_w + GAP
+    for _ in range(columns - 1):
+        rects.append((x, y0, rest, height))
+        x += rest + GAP
+    if count > 3:
+        half = (height - GAP) // 2
+        if half >= 560:  # both the caller and the supervisor fit in half a column
+            rects[0] = (x0, y0, caller_w, half)
+            rects.append((x0, y0 + half + GAP, caller_w, half))
+        else:
+            rects.append((x0 + 40, y0 + 40, min(760, width - 40), height - 40))
+    return rects
+
+
+def _place(windows: Sequence[Any], area: Rect | None = None) -> None:
+    """Lay the demo's windows side by side on the screen (``area``: its available geometry)."""
+    from PySide6.QtCore import Qt
+
+    if area is None:
+        from softphone.ui.shell import application
+
+        screen = application().primaryScreen().availableGeometry()
+        area = (screen.x(), screen.y(), screen.width(), screen.height())
+    mins = [w.minimumSizeHint().width() + 2 * FRAME_SIDE for w in windows]
+    for w, (x, y, width, height) in zip(windows, demo_layout(area, mins), strict=True):
+        w.move(x, y)
+        w.resize(width - 2 * FRAME_SIDE, height - FRAME_TOP - FRAME_SIDE)
+        # The event log is a glance: most of a short window goes to the call.
+        w.resizeDocks([w.log_dock], [max(90, height // 7)], Qt.Orientation.Vertical)
 
 
 async def run_headless(settings: Settings) -> None:
@@ -396,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "server":
             asyncio.run(run_server(settings, settings.room or "demo-call"))
         elif args.command == "demo":
-            run_windows(settings, demo=True, supervisor=args.supervisor)
+            run_windows(settings, demo=True, supervisor=args.supervisor, scripted=args.scripted)
         elif args.headless:
             asyncio.run(run_headless(settings))
         else:

@@ -6,11 +6,14 @@ import asyncio
 from typing import Any, cast, get_args
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QResizeEvent
 from PySide6.QtWidgets import (
     QComboBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
@@ -33,6 +36,20 @@ from softphone.ui.views.settings_dialog import SettingsDialog
 from softphone.ui.views.transfer_panel import TransferPanel
 from softphone.ui.widgets.summary_card import SummaryCardEditor
 from softphone.ui.widgets.transcript_view import TranscriptView
+
+# Narrower than this, the call panel goes above the tabs instead of beside them
+# (three demo windows side by side on a 1366 px screen are about 500 px wide).
+WIDE_MIN_W = 900
+
+
+def scrolling(widget: QWidget) -> QScrollArea:
+    """``widget`` in a frameless scroll area: a small window scrolls it instead of growing."""
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    return area
+
 
 # Every event of the agent controller reaches the window through the bridge.
 AGENT_EVENTS = get_args(AgentEvent)
@@ -70,6 +87,14 @@ def lost_text(lost: ServiceLost) -> str:
     )
 
 
+def consult_lost_text(lost: ServiceLost) -> str:
+    """What B's window says when it left a consult whose service stopped answering."""
+    return (
+        f"{_sentence(lost.message)} The transfer was dropped: the caller stays with the"
+        " other agent, and you left the consult."
+    )
+
+
 def gap_text(gap: MediaGap) -> str:
     """The event-log line for a stretch of the call without audio."""
     where = " in the consult with the other agent" if gap.leg == "consult" else ""
@@ -98,7 +123,8 @@ class AgentWindow(RoleWindow):
         self.bridge.forwarded.connect(self._on_event)
 
     def _setup_ui(self) -> None:
-        split = QSplitter(Qt.Orientation.Horizontal)
+        self.split = split = QSplitter(Qt.Orientation.Horizontal)
+        split.setChildrenCollapsible(False)
         left = QWidget()
         left_lay = QVBoxLayout(left)
         left_lay.setContentsMargins(0, 0, 0, 0)
@@ -123,7 +149,9 @@ class AgentWindow(RoleWindow):
             report=self.show_error,
         )
         left_lay.addWidget(self.call_panel, 1)
-        split.addWidget(left)
+        # A room name is one long word: wrapped, the status never widens the window.
+        self.call_panel.status.setWordWrap(True)
+        split.addWidget(scrolling(left))
 
         self.tabs = QTabWidget()
         self.transcript = TranscriptView()
@@ -136,7 +164,7 @@ class AgentWindow(RoleWindow):
         self.draft_btn.clicked.connect(self._on_draft_clicked)
         sl.addWidget(self.draft_btn)
         sl.addWidget(self.summary_editor, 1)
-        self.tabs.addTab(summary_box, "S&ummary")
+        self.tabs.addTab(scrolling(summary_box), "S&ummary")
         self.transfer_panel = TransferPanel(own_identity=lambda: self.controller.identity)
         self.transfer_panel.start_requested.connect(self._on_transfer_start)
         self.transfer_panel.complete_requested.connect(self._on_transfer_complete)
@@ -150,6 +178,7 @@ class AgentWindow(RoleWindow):
         self.tabs.addTab(self.history, "&History")
         split.addWidget(self.tabs)
         split.setSizes([380, 560])
+        split.setStretchFactor(1, 1)
         self.body.addWidget(split, 1)
         self.call_panel.joined.connect(lambda _r: self.transfer_panel.set_in_call(True))
         self.call_panel.left.connect(lambda: self.transfer_panel.set_in_call(False))
@@ -159,6 +188,26 @@ class AgentWindow(RoleWindow):
                 "Transfers need a transfer service (embedded or --backend)."
             )
         self.resize(980, 720)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        """Side by side when wide; the call panel above the tabs when narrow."""
+        wide = event.size().width() >= WIDE_MIN_W
+        orientation = Qt.Orientation.Horizontal if wide else Qt.Orientation.Vertical
+        if self.split.orientation() != orientation:
+            self.split.setOrientation(orientation)
+            if wide:
+                self.split.setSizes([380, max(380, event.size().width() - 380)])
+            else:
+                self._give_tabs_room(2 / 5)
+        super().resizeEvent(event)
+
+    def _give_tabs_room(self, panel_share: float) -> None:
+        """Stacked: the call panel gets at most ``panel_share`` of the height, the tabs the rest."""
+        if self.split.orientation() != Qt.Orientation.Vertical:
+            return
+        total = sum(self.split.sizes()) or self.split.height()
+        panel = min(self.call_panel.sizeHint().height() + 40, int(total * panel_share))
+        self.split.setSizes([panel, max(1, total - panel)])
 
     def go_online(self) -> None:
         """Join the agent directory (lobby) so offers can reach this agent."""
@@ -250,6 +299,7 @@ class AgentWindow(RoleWindow):
         if name == "offer" and isinstance(payload, Offer):
             self.offer_panel.set_offer(payload)
             self.tabs.setCurrentWidget(self.offer_panel)
+            self._give_tabs_room(1 / 5)  # the card and transcript matter more now
             self.event_log.add("transfer", f"offer from {payload.from_agent}")
             self.show_info(f"Incoming transfer from {payload.from_agent}")
         elif name == "offer_withdrawn" and isinstance(payload, Withdrawn):
@@ -272,6 +322,9 @@ class AgentWindow(RoleWindow):
                 self.tabs.setCurrentWidget(self.transfer_panel)
         elif name == "transfer_lost" and isinstance(payload, ServiceLost):
             self._on_transfer_lost(payload)
+        elif name == "consult_lost" and isinstance(payload, ServiceLost):
+            self.event_log.add("transfer", f"left the consult: {payload.message}")
+            self.show_warning(consult_lost_text(payload))
         elif name == "media_gap" and isinstance(payload, MediaGap):
             self.event_log.add("connection", gap_text(payload))
         elif name == "segment":

@@ -46,6 +46,8 @@ class CallerWindow(RoleWindow):
             report=self.show_error,
             room_editable=True,
         )
+        # A room name is one long word: wrapped, the status never widens the window.
+        self.call_panel.status.setWordWrap(True)
         self.body.addWidget(self.call_panel)
         self.body.addStretch(1)
         self.bridge.forwarded.connect(self._on_event)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
+    QSplitter,
     QVBoxLayout,
     QWidget,
 )
@@ -47,13 +48,23 @@ class OfferPanel(QWidget):
         self.headline.setWordWrap(True)
         self.headline.setAccessibleName("Incoming transfer")
         lay.addWidget(self.headline)
+        # The card first and larger; the user may drag the transcript bigger.
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.setChildrenCollapsible(False)
         self.summary = SummaryCardView()
-        lay.addWidget(self.summary, 3)
+        split.addWidget(self.summary)
+        below = QWidget()
+        below_lay = QVBoxLayout(below)
+        below_lay.setContentsMargins(0, 0, 0, 0)
         self.transcript_label = QLabel("Transcript so far")
-        lay.addWidget(self.transcript_label)
+        below_lay.addWidget(self.transcript_label)
         self.transcript = TranscriptView()
         self.transcript.setAccessibleName("Transcript of the offered call")
-        lay.addWidget(self.transcript, 2)
+        below_lay.addWidget(self.transcript, 1)
+        split.addWidget(below)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        lay.addWidget(split, 1)
         row = QHBoxLayout()
         self.accept_btn = QPushButton("&Accept")
         self.accept_btn.setObjectName("primary")

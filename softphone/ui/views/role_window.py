@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
-from PySide6.QtWidgets import QDockWidget, QMainWindow, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QVBoxLayout, QWidget
 
 from softphone.client.context import AppContext
 from softphone.ui.bridge import EventBridge
@@ -36,6 +36,15 @@ class RoleWindow(QMainWindow):
         self._layout = QVBoxLayout(central)
         self.messages = MessageBar()
         self._layout.addWidget(self.messages)
+        self.demo_note = QLabel()
+        self.demo_note.setObjectName("demoNote")
+        self.demo_note.setAccessibleName("Demo note")
+        self.demo_note.setWordWrap(True)
+        font = self.demo_note.font()
+        font.setItalic(True)
+        self.demo_note.setFont(font)
+        self.demo_note.hide()
+        self._layout.addWidget(self.demo_note)
         self.body = QVBoxLayout()
         self._layout.addLayout(self.body, 1)
         self.setCentralWidget(central)
@@ -45,6 +54,7 @@ class RoleWindow(QMainWindow):
         dock.setWidget(self.event_log)
         dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetMovable)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, dock)
+        self.log_dock = dock
         QShortcut(QKeySequence("Ctrl+L"), self, self.event_log.setFocus)
 
     def show_error(self, text: str) -> None:
@@ -61,6 +71,11 @@ class RoleWindow(QMainWindow):
         """Show a notice that hides by itself."""
         self.messages.show_message(text, "info")
         self.event_log.add("info", text)
+
+    def set_demo_note(self, text: str) -> None:
+        """Say how the demo drives this window (empty: hide the note)."""
+        self.demo_note.setText(text)
+        self.demo_note.setVisible(bool(text))
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.bridge.detach_all()
