@@ -52,6 +52,7 @@ from softphone.infra.local_server import (
     _die_with_parent,
     _private_opener,
     free_port,
+    start_on_free_ports,
     stop_process,
 )
 
@@ -379,18 +380,8 @@ class LocalLlmServer:
         Raises:
             LocalServerError: It would not start; the message has its last log lines.
         """
-        last: LocalServerError | None = None
-        for _ in range(attempts):
-            try:
-                await self._start_once()
-                return self
-            except LocalServerError as exc:
-                last = exc
-                await self.aclose()
-                if "address already in use" not in exc.message:
-                    raise
-        assert last is not None
-        raise last
+        await start_on_free_ports(self._start_once, self.aclose, attempts)
+        return self
 
     async def _start_once(self) -> None:
         self.port = free_port(host=self._host)

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -211,6 +211,28 @@ def server_config(
     return body
 
 
+async def start_on_free_ports(
+    start_once: Callable[[], Awaitable[None]],
+    clean_up: Callable[[], Awaitable[None]],
+    attempts: int = 3,
+) -> None:
+    """``start_once()`` until it works; after a failure ``clean_up()``, and try
+    again (on the new ports ``start_once`` picks) only when the failure was a
+    port taken between choosing it and binding it.
+
+    Raises:
+        LocalServerError: The last failure.
+    """
+    for attempt in range(attempts):
+        try:
+            await start_once()
+            return
+        except LocalServerError as exc:
+            await clean_up()
+            if "address already in use" not in exc.message or attempt == attempts - 1:
+                raise
+
+
 class LocalLiveKitServer:
     """One ``livekit-server --dev`` on free loopback ports.
 
@@ -322,18 +344,8 @@ class LocalLiveKitServer:
         Raises:
             LocalServerError: It would not start; the message has its last log lines.
         """
-        last: LocalServerError | None = None
-        for _ in range(attempts):
-            try:
-                await self._start_once()
-                return self
-            except LocalServerError as exc:
-                last = exc
-                await self.aclose()
-                if "address already in use" not in exc.message:
-                    raise
-        assert last is not None
-        raise last
+        await start_on_free_ports(self._start_once, self.aclose, attempts)
+        return self
 
     async def _start_once(self) -> None:
         self.ports = self._fixed_ports or _pick_ports(self._host)
