@@ -27,7 +27,6 @@ Worker protocol (JSON lines): the parent writes one config line, then
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -51,6 +50,7 @@ from bench.transfer import (
     _join_lobby,
     pct,
     run_workers,
+    worker,
 )
 from softphone.client.caller_mover import CallerMover
 from softphone.client.commands import CommandGuard
@@ -235,38 +235,13 @@ async def _worker_call(call: dict[str, Any], setup: asyncio.Event, go: asyncio.E
         await _close_all(closers, players)
 
 
-async def worker() -> None:
-    """Worker mode: read the config line, then ``setup TAG`` and ``go`` lines."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    cfg = json.loads(await reader.readline())
-    go = asyncio.Event()
-    setups = {call["tag"]: asyncio.Event() for call in cfg["calls"]}
-    calls = [
-        asyncio.create_task(_worker_call(call, setups[call["tag"]], go)) for call in cfg["calls"]
-    ]
-
-    async def commands() -> None:
-        async for line in reader:
-            word, _, tag = line.decode().strip().partition(" ")
-            if word == "setup" and tag in setups:
-                setups[tag].set()
-            elif word == "go":
-                go.set()
-
-    listening = asyncio.create_task(commands())
-    await asyncio.gather(*calls, return_exceptions=True)
-    listening.cancel()
-
-
 if __name__ == "__main__":
     if sys.argv[1:] != ["--worker"]:
         sys.exit("this module is bench/scale.py's worker: run bench/scale.py")
     # The SDK logs every session's closing data channels as errors; a call's
     # failure is reported with its stage instead.
     logging.getLogger("livekit").setLevel(logging.CRITICAL)
-    asyncio.run(worker())
+    asyncio.run(worker(lambda _cfg, call, setup, go: _worker_call(call, setup, go)))
     sys.stdout.flush()
     # Every result is out: skip the RTC SDK's native teardown, which now and
     # then aborts the process at exit (see tests/conftest.py).

@@ -43,6 +43,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -455,8 +456,16 @@ async def _worker_call(
         await _close_all(closers, players)
 
 
-async def worker() -> None:
-    """Worker mode: read the config line, then ``setup TAG`` and ``go`` lines."""
+WorkerCall = Callable[
+    [dict[str, Any], dict[str, Any], asyncio.Event, asyncio.Event], Awaitable[None]
+]
+
+
+async def worker(run_call: WorkerCall | None = None) -> None:
+    """Worker mode (the other side of :func:`run_workers`): read the config
+    line, run ``run_call(cfg, call, setup, go)`` for each of its calls, and
+    set their events on ``setup TAG`` and ``go`` lines."""
+    run_call = run_call or _worker_call
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -464,8 +473,7 @@ async def worker() -> None:
     go = asyncio.Event()
     setups = {call["tag"]: asyncio.Event() for call in cfg["calls"]}
     calls = [
-        asyncio.create_task(_worker_call(cfg, call, setups[call["tag"]], go))
-        for call in cfg["calls"]
+        asyncio.create_task(run_call(cfg, call, setups[call["tag"]], go)) for call in cfg["calls"]
     ]
 
     async def commands() -> None:
