@@ -170,13 +170,19 @@ def ui_settings(tmp_path: Path) -> Callable[..., Settings]:
 
     def make(profile: str, **values: Any) -> Settings:
         # Tone levels are what these tests judge: no gain control or noise
-        # suppression reshaping them (tests/media checks those, on).
+        # suppression reshaping them, and no echo cancellation either. Every
+        # app here plays into the one test sink whose monitor is every
+        # microphone, so an agent's speaker (the caller's tone) is in its own
+        # microphone with the same tone: the canceller rightly takes it out,
+        # more or less as it converges. tests/media checks all four, on, with
+        # a laptop's separate speaker and microphone.
         base: dict[str, Any] = {
             "profile": profile,
             "home": tmp_path,
             "live_transcript": False,
             "auto_gain": False,
             "noise_suppression": False,
+            "echo_cancellation": False,
         }
         return load_settings({**base, **values}, env={})
 
