@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -64,6 +66,42 @@ async def room_admin(
 def room_name() -> str:
     """A room name unique to the test."""
     return f"t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+
+
+# SIGTERMs received while a test ran, by test id (see sdk_panics_fail_the_test).
+_TERMINATED: list[str] = []
+_RUNNING: list[str] = [""]
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """The first SIGTERM is noted for the running test to fail on; a second one ends the run."""
+    if _TERMINATED:  # not the SDK's one panic: whoever runs the tests wants them stopped
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _TERMINATED.append(_RUNNING[0])
+    os.write(2, f"\nSIGTERM during {_RUNNING[0]}\n".encode())
+
+
+@pytest.fixture(autouse=True)
+def sdk_panics_fail_the_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A SIGTERM fails the test it came in, with the test's captured output, instead of
+    killing the run without a word.
+
+    The LiveKit SDK answers a panic of its native runtime by printing "FFI
+    Panic: ..." to stderr and sending SIGTERM to its own process; pytest
+    would die with the message still in its capture of the running test.
+    """
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    _RUNNING[0] = request.node.nodeid
+    yield
+    if _TERMINATED and _TERMINATED[0] == request.node.nodeid:
+        pytest.fail(
+            f"SIGTERM during {_TERMINATED[0]} (the LiveKit SDK sends one to itself on an "
+            "FFI panic: its message is in the captured stderr)",
+            pytrace=False,
+        )
 
 
 _EXIT_STATUS: list[int] = []

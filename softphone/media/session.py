@@ -57,7 +57,8 @@ SessionEvent = Literal[
 ]
 
 SAMPLE_RATE = 48000
-# Connects given up on (timeout, cancellation) that still run to completion.
+# Room joins and leaves the event loop must not stop in the middle of: every
+# connect while it runs, and leaves given up on (timed out) that still finish.
 _ABANDONED: set[asyncio.Future[None]] = set()
 DISCONNECT_TIMEOUT_S = 5.0
 UNPUBLISH_TIMEOUT_S = 2.0
@@ -457,14 +458,18 @@ class RtcSession(EventEmitter[SessionEvent]):
         # for that request, times out and panics (SIGTERM to the process).
         # On timeout or cancellation it finishes in the background and the
         # room is left right after.
+        # A loop stopped while a connect runs has the same end (the callback
+        # is never handled): every connect is tracked until it finishes, for
+        # settle_abandoned() to wait for.
         connecting = asyncio.ensure_future(
             room.connect(self._url, token, rtc.RoomOptions(auto_subscribe=self._listen))
         )
+        _ABANDONED.add(connecting)
+        connecting.add_done_callback(_ABANDONED.discard)
         try:
             try:
                 await asyncio.wait_for(asyncio.shield(connecting), self._timeout)
             except (TimeoutError, asyncio.CancelledError):
-                _ABANDONED.add(connecting)
                 connecting.add_done_callback(functools.partial(_leave_abandoned, room))
                 raise
         except (rtc.ConnectError, TimeoutError) as exc:
@@ -972,13 +977,13 @@ async def _answers(http: httpx.AsyncClient, url: str) -> bool:
         return False
 
 
-async def settle_abandoned(timeout_s: float = 10.0) -> None:
-    """Wait (bounded) for the joins and leaves that closed sessions left running.
+async def settle_abandoned(timeout_s: float = 20.0) -> None:
+    """Wait (bounded) for the room joins still running and the leaves given up on.
 
     Call it before the event loop stops: a room connect the loop never
-    finishes makes the SDK's FFI time out waiting for the room's
+    finishes makes the SDK's FFI time out (15 s) waiting for the room's
     ready-for-events request and panic, which ends the whole process
-    (SIGTERM to itself).
+    (SIGTERM to itself). The bound is above a connect's own timeout.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -992,7 +997,6 @@ async def settle_abandoned(timeout_s: float = 10.0) -> None:
 
 
 def _leave_abandoned(room: rtc.Room, connecting: asyncio.Future[None]) -> None:
-    _ABANDONED.discard(connecting)
     if not connecting.cancelled() and connecting.exception() is None:
         task = asyncio.ensure_future(room.disconnect())
         _ABANDONED.add(task)
