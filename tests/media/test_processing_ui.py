@@ -40,8 +40,8 @@ def test_clean_audio_is_on_by_default_switched_in_settings_and_shown_in_the_call
 ) -> None:
     async def scenario() -> dict[str, Any]:
         async with contextlib.AsyncExitStack() as stack:
-            # The defaults, not the UI suite's (which turn gain and noise suppression off).
-            defaults = {"auto_gain": True, "noise_suppression": True}
+            # The defaults, not the UI suite's (which turn the level-changing processing off).
+            defaults = {"auto_gain": True, "noise_suppression": True, "echo_cancellation": True}
             ctx = await open_context(ui_settings("clean", role="agent", **defaults), access, stack)
             w = AgentWindow(context=ctx)
             qtbot.addWidget(w)
