@@ -189,7 +189,8 @@ def render_turn(text: str, voice: str, speed: int = ESPEAK_SPEED) -> np.ndarray:
 
     Cached by a hash of text, voice and speed, so each is rendered once per machine.
     """
-    key = hashlib.sha256(f"{voice}|{speed}|{text}".encode()).hexdigest()[:24]
+    # "v2": sox's dither seeded (-R below); older files differ machine to machine.
+    key = hashlib.sha256(f"v2|{voice}|{speed}|{text}".encode()).hexdigest()[:24]
     out = CACHE_DIR / f"{key}.wav"
     if not out.exists():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,9 @@ def render_turn(text: str, voice: str, speed: int = ESPEAK_SPEED) -> np.ndarray:
         )
         tmp = out.with_suffix(".tmp.wav")
         subprocess.run(
-            ["sox", str(raw), "-r", str(SAMPLE_RATE), "-b", "16", "-c", "1", str(tmp)],
+            # -R: sox's dither from a fixed seed, so every machine renders the
+            # same samples (tiny.en's words turn on a couple of LSBs of dither).
+            ["sox", "-R", str(raw), "-r", str(SAMPLE_RATE), "-b", "16", "-c", "1", str(tmp)],
             check=True,
             capture_output=True,
         )
