@@ -35,13 +35,8 @@ async def test_noisy_call_summarized_from_its_recognised_audio(
             segments += (await stt.transcribe(path, speaker=ident)).segments
     roles = SpeakerRoles(caller=call.caller_identity, agents=frozenset({call.agent_identity}))
     card = await OfflineSummarizer(timeout_s=120.0).summarize(segments, roles=roles)
-    # tiny.en mangles much of a noisy call ("12 blowing street", "dispatch an
-    # engineer"); the name and the town come through. The promise ("in one
-    # hour") does here too, but only as part of an open item joined from two
-    # segments: 3 of 5 facts on this machine, and the project's CI (another
-    # machine) failed the old bound of 0.5 once. Two facts are counted on.
-    text = card.to_text()
-    assert fact_recall(call.facts, text) >= 0.4, text
-    assert "Caller: Harold McKay" in card.caller_facts, text
-    assert "Dundee" in text, text
+    # tiny.en mangles much of a noisy call ("12 blowing street"); the name, the
+    # town and the promise come through.
+    assert fact_recall(call.facts, card.to_text()) >= 0.5, card.to_text()
+    assert "Caller: Harold McKay" in card.caller_facts, card.to_text()
     assert call.agent_name and not any(call.agent_name in f for f in card.key_facts)
