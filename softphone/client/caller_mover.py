@@ -111,6 +111,9 @@ class CallerMover(EventEmitter[CallerEvent]):
         self._moving: dict[str, asyncio.Task[Any]] = {}
         # Standby connections to transfer rooms, by room (see _on_standby).
         self._standby: dict[str, asyncio.Task[RtcSession]] = {}
+        # Sessions a move joined that are not yet :attr:`session` (hanging
+        # up mid-move must leave them too).
+        self._entering: set[RtcSession] = set()
         self._register(session)
 
     def _register(self, session: RtcSession) -> None:
@@ -220,10 +223,12 @@ class CallerMover(EventEmitter[CallerEvent]):
             session = await asyncio.shield(task)
         except (MediaError, asyncio.CancelledError):
             return None
+        self._entering.add(session)
         if not session.connected or not await _promoted(session, PROMOTION_WAIT_S):
             # Not (yet) given the caller's permissions: it could speak but not
             # hear. The move's own grant joins afresh, make-before-break.
             log.info("standby session not promoted; joining afresh")
+            self._entering.discard(session)
             await session.aclose()
             return None
         if self._mic is not None:
@@ -233,6 +238,7 @@ class CallerMover(EventEmitter[CallerEvent]):
                     await session.publish_audio(self._mic)
                 except MediaError:
                     log.info("standby session could not publish; joining afresh")
+                    self._entering.discard(session)
                     await session.aclose()
                     return None
         return session
@@ -270,7 +276,10 @@ class CallerMover(EventEmitter[CallerEvent]):
             log.warning("caller could not move; staying in the call room")
 
     async def _enter(self, grant: TokenGrant) -> RtcSession:
-        new = await self._take_standby(grant) or await join_room(grant, self._mic)
+        new = await self._take_standby(grant)
+        if new is None:
+            new = await join_room(grant, self._mic)
+            self._entering.add(new)
         self._register(new)
         self.emit("joined", new)
         return new
@@ -283,6 +292,7 @@ class CallerMover(EventEmitter[CallerEvent]):
             await first_audio(new, self._audible_timeout_s)
         await old.aclose()
         self.session = new
+        self._entering.discard(new)
         moved = Moved(grant.room, new, time.monotonic() - started)
         self.moves.append(moved)
         log.info("caller moved", extra={"room": grant.room, "ms": round(moved.gap_s * 1000)})
@@ -303,7 +313,7 @@ class CallerMover(EventEmitter[CallerEvent]):
         return await self._leave_old(grant, new, started)
 
     async def aclose(self) -> None:
-        """Hang up: leave the current room (and any standby connection)."""
+        """Hang up: leave the current room, any standby connection and a room a move joined."""
         standby = list(self._standby.values())
         self._standby.clear()
         await self._tasks.cancel()
@@ -311,6 +321,9 @@ class CallerMover(EventEmitter[CallerEvent]):
             session = finished_session(task)
             if session is not None:
                 await session.aclose()
+        entering, self._entering = self._entering, set()
+        for session in entering:
+            await session.aclose()
         await self.session.aclose()
 
     async def __aenter__(self) -> CallerMover:

@@ -235,6 +235,7 @@ class Call:
     offers: asyncio.Queue[Offer]
     withdrawn: list[str]
     extra: list[Any]
+    call_id: str = ""
 
     @property
     def caller_now(self) -> RtcSession:
@@ -303,7 +304,10 @@ async def open_call(
     b_lobby.on("offer", offers.put_nowait)
     b_lobby.on("offer_withdrawn", lambda w: withdrawn.append(w.transfer_id))
     await b_lobby.start()
-    call = Call(env, room, caller, a, b, c_session, mover, a_call, b_lobby, offers, withdrawn, [])
+    call = Call(
+        env, room, caller, a, b, c_session, mover, a_call, b_lobby, offers, withdrawn, [],
+        call_id=ticket.call.call_id,
+    )  # fmt: skip
     try:
         yield call
     finally:

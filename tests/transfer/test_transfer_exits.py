@@ -5,10 +5,14 @@ Each test runs against the embedded service and the backend under uvicorn.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
-from softphone.domain.transfer import TransferSnapshot
+from softphone.domain.transfer import Mode, TransferSnapshot
 from softphone.errors import SoftphoneError
+from softphone.media.session import RtcSession
 from softphone.server.room_admin import RoomAdmin
 from tests.transfer.conftest import (
     A_HZ,
@@ -101,7 +105,7 @@ async def test_caller_hangs_up(
 ) -> None:
     # "completing": a warm_intro transfer, caller already in R2 with A and B.
     # (Hanging up while preparing is in test_transfer_degraded.py: it needs a slow summarizer.)
-    mode = "warm_intro" if phase == "completing" else "warm"
+    mode: Mode = "warm_intro" if phase == "completing" else "warm"
     async with open_call(transfer_env, prefix=f"hangup-{phase}") as call:
         ticket = await call.a_call.transfer(
             caller=call.caller.identity, to_agent=call.b.identity, mode=mode
@@ -131,3 +135,51 @@ async def test_caller_hangs_up(
             assert info.value.code == "transfer_error"
         await eventually(lambda: _not(room_exists(room_admin, call.room)))
         await eventually(lambda: _not(room_exists(room_admin, ticket.new_room)))
+
+
+async def _present(rooms: RoomAdmin, room: str, identity: str) -> bool:
+    try:
+        return identity in {p.identity for p in await rooms.list_participants(room)}
+    except SoftphoneError:
+        return False  # the room is gone
+
+
+async def test_caller_hangs_up_mid_move(transfer_env: TransferEnv, room_admin: RoomAdmin) -> None:
+    """Hanging up between the rooms (the new one joined, the old one not yet left)
+    leaves both: the caller's app does not stay behind in the transfer room."""
+    async with open_call(transfer_env, prefix="hangup-moving") as call:
+        mover = call.mover
+        assert mover is not None
+        caller = call.caller.identity
+        ticket = await call.a_call.transfer(caller=caller, to_agent=call.b.identity)
+        offer = await call.next_offer()
+        await call.b_lobby.accept(offer.transfer_id)
+        await call.a_service.wait_for_phase(ticket.transfer_id, ["consulting"])
+        joined: list[RtcSession] = []
+        hung_up: list[asyncio.Task[None]] = []
+
+        def hang_up(session: RtcSession) -> None:
+            # The moment the new room is joined: before the move leaves R1.
+            joined.append(session)
+            hung_up.append(asyncio.ensure_future(mover.aclose()))
+
+        mover.on("joined", hang_up)
+        await call.a_service.complete(ticket.transfer_id, agent=call.a.identity)
+        await eventually(lambda: _true(bool(hung_up) and hung_up[0].done()))
+        hung_up[0].result()
+        assert mover.session.room_name == call.room, "the move finished before the hang-up"
+        # The app left the room the move joined, not only the one it was in.
+        assert not joined[0].connected and joined[0].room_name == ticket.new_room
+        assert not call.caller_session.connected
+        # And it tells the service, as the hang-up button does (CallController.leave):
+        # the call then ends for everyone, whatever LiveKit made of the leaves
+        # (about one run in 13, the SDK closed the room just joined without
+        # its leave message, and the server kept the participant there).
+        with contextlib.suppress(SoftphoneError):  # already ended: the app only logs it
+            await transfer_env.service_for(caller).end_call(call.call_id, identity=caller)
+        await eventually(lambda: _not(_present(room_admin, ticket.new_room, caller)))
+        await eventually(lambda: _not(_present(room_admin, call.room, caller)))
+        # The service saw the caller arrive in R2 (completed) or leave first.
+        snap = await call.a_service.wait_for_phase(ticket.transfer_id, ["ended", "completed"])
+        if snap.phase == "ended":
+            assert snap.reason is not None and snap.reason.code == "caller_left", snap.reason

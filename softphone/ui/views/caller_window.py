@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from PySide6.QtWidgets import QLabel
@@ -29,6 +30,9 @@ class CallerWindow(RoleWindow):
         super().__init__(context=context, title="Caller")
         self.controller = CallController(context=context, role="caller")
         self.closables.append(self.controller)
+        # Closed before the controller (closables close in reverse): a standby
+        # connection, a room a move joined and the mover's timers go with the window.
+        self.closables.append(SimpleNamespace(aclose=self._close_mover))
         self.mover: CallerMover | None = None
         self._guard: CommandGuard | None = None
         self._setup_ui()
@@ -117,6 +121,11 @@ class CallerWindow(RoleWindow):
         self.mover = CallerMover(session=session, mic=mic.source if mic else None, guard=guard)
         self.mover.on("joined", self._on_mover_joined)
         self.mover.on("moved", self._on_moved)
+
+    async def _close_mover(self) -> None:
+        mover, self.mover = self.mover, None
+        if mover is not None:
+            await mover.aclose()
 
     def _on_mover_joined(self, session: RtcSession) -> None:
         # Make-before-break: the mover joined the new room and publishes there;
