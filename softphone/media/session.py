@@ -22,6 +22,7 @@ gap was (:class:`Reconnected`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -64,6 +65,8 @@ DISCONNECT_TIMEOUT_S = 5.0
 UNPUBLISH_TIMEOUT_S = 2.0
 # At most one mute change reaches the SDK per this interval (see set_muted).
 MUTE_SETTLE_S = 0.1
+# Sends the SDK's (blocking) mute requests off the event loop, one at a time.
+_MUTE_WORKER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rtc-mute")
 # While the connection is down the server is asked this often whether it answers.
 PROBE_INTERVAL_S = 0.1
 PROBE_TIMEOUT_S = 1.0
@@ -786,10 +789,9 @@ class RtcSession(EventEmitter[SessionEvent]):
             return
         self._sent_muted = muted
         self._mute_sent_at = time.monotonic()
-        if muted:
-            self._mic.mute()
-        else:
-            self._mic.unmute()
+        # The SDK's mute is a blocking FFI request (46 ms on the loop was seen
+        # as a transfer started): one worker thread sends them, in order.
+        _MUTE_WORKER.submit(_log_failure, self._mic.mute if muted else self._mic.unmute)
 
     # ---- remote audio -------------------------------------------------------------------
     def each_remote_audio(self, listener: Callable[[RemoteAudio], object]) -> Callable[[], None]:
@@ -994,6 +996,13 @@ async def settle_abandoned(timeout_s: float = 20.0) -> None:
             return
         await asyncio.wait(pending, timeout=left)
         await asyncio.sleep(0)  # their done callbacks may start the leaves
+
+
+def _log_failure(request: Callable[[], None]) -> None:
+    try:
+        request()
+    except Exception:
+        log.warning("the SDK refused a mute change", exc_info=True)
 
 
 def _leave_abandoned(room: rtc.Room, connecting: asyncio.Future[None]) -> None:
