@@ -23,7 +23,7 @@ each of them, and rooms are polled only every 2 s as a safety net.
   The surviving replica sees the dead one gone (nobody listens on its
   Redis request channel) within two looks 0.25 s apart and takes the
   transfer over (returning the caller to A) without waiting for its lease
-  (``SOFTPHONE_LEASE_TTL_S``, default 2 s) to lapse; A's app would return
+  (``SOFTPHONE_LEASE_TTL_S``, default 10 s) to lapse; A's app would return
   to the caller by itself after 3 s without an answer. Replica 1 is started
   again (same port) between runs. A run whose caller hears nobody within
   ``FAILOVER_GIVE_UP_S`` counts at that bound.

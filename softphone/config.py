@@ -138,7 +138,10 @@ class Settings:
         secret=True,
     )
     lease_ttl_s: float = _field(
-        2.0, "service only: seconds after a replica stops before another takes over", min=0.5
+        10.0,
+        "service only: seconds a stalled replica keeps its transfers before another takes"
+        " over (one whose process died is replaced within half a second)",
+        min=0.5,
     )
     livekit_webhooks: bool = _field(
         False,

@@ -110,8 +110,12 @@ RPC_RETRY_S = 0.25
 # How long the caller's app may take to get on standby in the transfer room.
 STANDBY_DELIVERY_TIMEOUT_S = 15.0
 # A replica drives a transfer while it renews its lease; the lease lapses
-# this long after the replica stopped, and another replica takes over.
-LEASE_TTL_S = 2.0
+# this long after the replica stalled, and another replica takes over. A
+# replica whose process died is seen gone within half a second (nobody
+# listens on its channel) without waiting for this. Not shorter: at 2 s, 25
+# transfers at once on 2 cores delayed renewals past it, and the other
+# replica took 9 live transfers over and returned their callers to A.
+LEASE_TTL_S = 10.0
 # How often a replica looks for transfers whose replica is gone (at most).
 ORPHAN_SCAN_S = 0.25
 # How long a request forwarded to the replica driving a transfer may take.
