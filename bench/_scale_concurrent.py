@@ -56,7 +56,7 @@ from softphone.client.caller_mover import CallerMover
 from softphone.client.commands import CommandGuard
 from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Secret
-from softphone.media.session import RtcSession
+from softphone.media.session import RemoteAudio, RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
 from softphone.protocol import TransferRequest
 from tests.transfer.backend_process import IDENTITIES
@@ -208,6 +208,13 @@ async def _worker_call(call: dict[str, Any], setup: asyncio.Event, go: asyncio.E
         offer = await asyncio.wait_for(offers.get(), 30)
         stage = "accept"
         b_sess = await lobby.accept(offer.transfer_id)
+
+        def subscribed(audio: RemoteAudio) -> None:
+            # Before complete() (not shown) when the standby admitted B.
+            if audio.identity == call["c"]:
+                marks.setdefault("B subscribed to the caller", time.monotonic())
+
+        b_sess.on("remote_audio", subscribed)
         onset = Onset(b_sess, CALLER_HZ)
         closers.append(onset)
         stage = "consulting"

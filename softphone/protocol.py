@@ -60,6 +60,10 @@ RPC_OFFER = "transfer.offer"
 RPC_WITHDRAW = "transfer.withdraw"
 RPC_MOVE = "transfer.move"
 RPC_STANDBY = "transfer.standby"
+# In a standby command's body (beside the token grant): the identities that
+# may subscribe to the caller's muted mic while it waits (the agent taking
+# the call), so nothing is negotiated when it goes live.
+STANDBY_ADMIT = "admit"
 RPC_JOIN = "transfer.join"
 STATUS_TOPIC = "transfer.status"
 SUMMARY_TOPIC = "transfer.summary"

@@ -7,10 +7,19 @@ import os
 from pathlib import Path
 
 import pytest
+from livekit import rtc
 
+from softphone.client.commands import REFUSED, CommandGuard
 from softphone.config import Secret, load_settings
 from softphone.errors import ConfigError, ValidationError
-from softphone.protocol import RPC_MOVE, RPC_OFFER, b64url_encode, verify_command
+from softphone.protocol import (
+    RPC_MOVE,
+    RPC_OFFER,
+    STANDBY_ADMIT,
+    ServiceInfo,
+    b64url_encode,
+    verify_command,
+)
 from softphone.server.command_signer import CommandSigner
 
 pytestmark = pytest.mark.unit
@@ -96,3 +105,22 @@ def test_the_signing_key_is_a_secret_setting(tmp_path: Path) -> None:
     (profile / "settings.json").write_text(json.dumps({"command_signing_key": seed}))
     with pytest.raises(ConfigError, match="secret"):
         load_settings(env={"SOFTPHONE_HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    "admit",
+    [
+        "agent-b",
+        ["agent b"],
+        [1],
+        [""],
+        [f"agent-{i}" for i in range(5)],
+        {"agent-b": True},
+    ],
+)
+def test_a_standby_admitting_anything_but_a_few_identities_is_refused(admit: object) -> None:
+    guard = CommandGuard(ServiceInfo("ws://127.0.0.1:7880", _signer().public_key_b64(), "lobby"))
+    assert guard.admitted({}) == []
+    assert guard.admitted({STANDBY_ADMIT: ["agent-b"]}) == ["agent-b"]
+    with pytest.raises(rtc.RpcError, match=REFUSED):
+        guard.admitted({STANDBY_ADMIT: admit})

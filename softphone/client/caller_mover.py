@@ -169,26 +169,29 @@ class CallerMover(EventEmitter[CallerEvent]):
 
         The standby grant lets this session not subscribe; the mic is
         published here at once, muted and with subscription permissions that
-        admit nobody. The service turns the grant into the caller's
+        admit only whom the command names (the agent taking the call, who
+        so subscribes to the muted track during the consult and needs no
+        negotiation once it is live). The service turns the grant into the caller's
         permissions when the transfer completes; the app unmutes and admits
         everyone as soon as it sees that (no negotiation, and no waiting for
         the move instruction, which confirms it). A repeated instruction
         finds the same connection.
         """
-        grant = self._guard.grant(self._guard.rpc(session, inv, RPC_STANDBY))
+        body = self._guard.rpc(session, inv, RPC_STANDBY)
+        grant, admit = self._guard.grant(body), self._guard.admitted(body)
         task = self._standby.get(grant.room)
         if task is None:
-            task = self._tasks.spawn(self._connect_standby(grant))
+            task = self._tasks.spawn(self._connect_standby(grant, admit))
             self._standby[grant.room] = task
             self._tasks.spawn(self._standby_limit(grant.room))
         await answer_when_done(self._standby, grant.room)
         return "ready"
 
-    async def _connect_standby(self, grant: TokenGrant) -> RtcSession:
+    async def _connect_standby(self, grant: TokenGrant, admit: list[str]) -> RtcSession:
         session = RtcSession(url=grant.url, token=grant.token)
         await session.connect()
         if self._mic is not None:
-            session.restrict_subscribers([])
+            session.restrict_subscribers(admit)
             session.set_muted(True)
             try:
                 await session.publish_audio(self._mic)

@@ -18,13 +18,16 @@ from typing import Any
 
 from livekit import rtc
 
+from softphone.domain.identifiers import validate_identity
 from softphone.errors import ValidationError
 from softphone.media.session import DataMessage, RtcSession
-from softphone.protocol import ServiceInfo, TokenGrant, verify_command
+from softphone.protocol import STANDBY_ADMIT, ServiceInfo, TokenGrant, verify_command
 
 log = logging.getLogger(__name__)
 
 REFUSED = "not from the service"
+# A standby caller admits the agent taking the call; a few more would be odd.
+MAX_ADMITTED = 4
 
 
 def from_server(session: RtcSession, inv: rtc.RpcInvocationData) -> bool:
@@ -107,6 +110,21 @@ class CommandGuard:
             self._warn("grant", None, "names another LiveKit server")
             raise _refused()
         return grant
+
+    def admitted(self, body: Mapping[str, Any]) -> list[str]:
+        """Who a standby command lets subscribe to the caller's muted mic (nobody if unsaid).
+
+        Raises:
+            rtc.RpcError: Not a short list of identities.
+        """
+        admit = body.get(STANDBY_ADMIT, [])
+        try:
+            if not isinstance(admit, list) or len(admit) > MAX_ADMITTED:
+                raise ValidationError(STANDBY_ADMIT, "must be a short list of identities")
+            return [validate_identity(who, STANDBY_ADMIT) for who in admit]
+        except ValidationError:
+            self._warn("standby", None, "admits something other than identities")
+            raise _refused() from None
 
     def _verify(self, session: RtcSession, payload: str | bytes, method: str) -> dict[str, Any]:
         return verify_command(

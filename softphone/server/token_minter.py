@@ -24,10 +24,12 @@ in its call room).
 
 A standby caller is connected to a transfer room ahead of the move: it cannot
 hear (no subscribe) or send data, and its app publishes its mic there muted
-and with track subscription permissions that admit nobody, so the moment of
-the move needs no negotiation. Completing the transfer gives it the caller's
-permissions (:meth:`TokenMinter.permission`) through the server API, and the
-app then unmutes and admits everyone. It is visible while waiting: a hidden
+and with track subscription permissions that admit only the agent taking the
+call (named in the signed standby command), who so subscribes to the muted
+track during the consult: the moment of the move needs no negotiation.
+Completing the transfer gives it the caller's permissions
+(:meth:`TokenMinter.permission`) through the server API, and the app then
+unmutes and admits everyone. It is visible while waiting: a hidden
 participant's tracks never reach anyone, even after it is made visible
 (livekit-server 1.13.5).
 

@@ -56,6 +56,7 @@ from softphone.protocol import (
     RPC_OFFER,
     RPC_STANDBY,
     RPC_WITHDRAW,
+    STANDBY_ADMIT,
     STATUS_TOPIC,
     SUMMARY_TOPIC,
     AgentEntry,
@@ -573,12 +574,13 @@ class TransferOrchestrator(TransferService):
     async def _standby_caller(self, run: _Run) -> None:
         """Have the caller's app connect to R2 on standby while B is offered the call.
 
-        Unable to hear or send, its mic muted and admitting no subscriber (see
-        the token minter), so the consult stays private and the caller unheard;
-        completing then only changes permissions and unmutes instead of
-        connecting and negotiating when every other call on the server may be
-        moving too. A caller app without standby (SIP, foreign) just
-        joins when moved.
+        Unable to hear or send, its mic muted (see the token minter), so the
+        consult stays private and the caller unheard. B alone may subscribe
+        to that muted track already (``admit``): completing then only
+        changes permissions and unmutes, instead of connecting and
+        negotiating B's subscription when every other call on the server may
+        be moving too. A caller app without standby (SIP, foreign) just joins
+        when moved.
         """
         t = run.transfer
         grant = self._grant("caller", t.caller, t.new_room, standby=True)
@@ -587,7 +589,12 @@ class TransferOrchestrator(TransferService):
                 t.call_room,
                 t.caller,
                 RPC_STANDBY,
-                self._command(RPC_STANDBY, to=t.caller, room=t.call_room, body=grant.to_dict()),
+                self._command(
+                    RPC_STANDBY,
+                    to=t.caller,
+                    room=t.call_room,
+                    body={**grant.to_dict(), STANDBY_ADMIT: [t.to_agent]},
+                ),
                 within_s=STANDBY_DELIVERY_TIMEOUT_S,
             )
             run.on_standby = True

@@ -87,6 +87,10 @@ async def test_warm_transfer_happy_path(transfer_env: TransferEnv, room_admin: R
         # everyone, hearing nothing.
         await eventually(lambda: _on_standby(room_admin, ticket.new_room, caller))
         assert await silent(b_session, caller, CALLER_HZ)
+        # Only B, who takes the call, is let subscribe to that muted track
+        # already, so going live needs no negotiation; A is not.
+        await eventually(lambda: asyncio.sleep(0, _subscribed_to(b_session, caller)))
+        assert not _subscribed_to(call.a_call.consult, caller)
         assert call.mover is not None
         standby = call.mover.standby(ticket.new_room)
         assert standby is not None
@@ -176,6 +180,11 @@ async def _on_standby(rooms: RoomAdmin, room: str, identity: str) -> bool:
         p.identity == identity and p.audio_tracks == 1 and not p.unmuted_audio_tracks
         for p in await rooms.list_participants(room)
     )
+
+
+def _subscribed_to(session: RtcSession, identity: str) -> bool:
+    p = session.room.remote_participants.get(identity)
+    return p is not None and any(pub.subscribed for pub in p.track_publications.values())
 
 
 async def _absent(rooms: RoomAdmin, room: str, identity: str) -> bool:
