@@ -66,6 +66,13 @@ PLAYBACK_BLOCK = SAMPLE_RATE // 25
 # 200 ms cap let a backlog built during a stall stay in the call as delay.
 # (60 ms dropped audio audibly whenever the loaded test machine stalled.)
 MAX_BUFFER_SAMPLES = SAMPLE_RATE // 10
+# Below the cap, a backlog that never drains is delay for the rest of the call
+# (the reader and the device run at the same rate, so whatever piled up in a
+# burst stays): when the least a track held after any callback of the last
+# TRIM_WINDOW_CALLBACKS (1 s of playback blocks) was more than BACKLOG_KEEP,
+# the surplus is dropped once. BACKLOG_KEEP stays for the reader's jitter.
+TRIM_WINDOW_CALLBACKS = 25
+BACKLOG_KEEP = SAMPLE_RATE // 50
 # The AudioSource's queue (was 200 ms: up to that much delay sat in it), and
 # the captured blocks waiting for the loop (the newest are kept). Fewer pending
 # blocks (10) cut the delay after a stall but dropped speech whenever the loaded
@@ -327,8 +334,12 @@ class Speaker:
         self.levels = LevelTracker()
         self._lock = threading.Lock()
         self._buffers: dict[str, np.ndarray] = {}
+        # Per track, the least it held after a callback in this trim window.
+        self._floors: dict[str, int] = {}
+        self._callbacks = 0
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._stream: _Stream | None = None
+        self.trimmed_ms = 0.0
 
     @property
     def device_name(self) -> str | None:
@@ -343,6 +354,12 @@ class Speaker:
     def lost(self) -> bool:
         """True if the device in use stopped pulling audio."""
         return self._stream is not None and self._stream.lost()
+
+    def backlog_ms(self) -> float:
+        """The most audio any track has waiting for the device, in ms."""
+        with self._lock:
+            most = max((len(buf) for buf in self._buffers.values()), default=0)
+        return most * 1000 / SAMPLE_RATE
 
     def add(self, audio: RemoteAudio) -> None:
         """Start playing one remote track (again, if it was already added)."""
@@ -386,9 +403,25 @@ class Speaker:
                 if n:
                     mixed[:n] += buf[:n]
                     self._buffers[sid] = buf[n:]
+                left = len(buf) - n
+                self._floors[sid] = min(self._floors.get(sid, left), left)
+            self._callbacks += 1
+            if self._callbacks >= TRIM_WINDOW_CALLBACKS:
+                self._trim()
         outdata[:, 0] = np.clip(mixed, -32768, 32767).astype(np.int16)
         if self._processor is not None:
             self._processor.process_render(outdata[:, 0])
+
+    def _trim(self) -> None:
+        """Drop what never drained in this window (see BACKLOG_KEEP); under the lock."""
+        for sid, floor in self._floors.items():
+            surplus = floor - BACKLOG_KEEP
+            buf = self._buffers.get(sid)
+            if surplus > 0 and buf is not None:
+                self._buffers[sid] = buf[surplus:]
+                self.trimmed_ms += surplus * 1000 / SAMPLE_RATE
+        self._floors.clear()
+        self._callbacks = 0
 
     def open(self, device: AudioDevice | None) -> None:
         """Play on ``device`` (``None``: stop playing)."""
