@@ -965,9 +965,9 @@ async def build_service(
         ConfigError: No LiveKit URL, key or secret.
     """
     from softphone.infra.redis_server import redis_from_env
-    from softphone.server.call_registry import RedisCallRegistry
     from softphone.server.command_signer import CommandSigner
-    from softphone.server.state import RedisState
+    from softphone.server.redis_call_registry import RedisCallRegistry
+    from softphone.server.redis_state import RedisState
     from softphone.speech.factory import make_offline_summarizer, make_summarizer
     from softphone.store.custody import CustodyLog
 

@@ -9,7 +9,7 @@ cannot be probed.
 The rules live here once (:class:`CallRegistry`); where the calls are kept is
 a small storage interface: in memory for one process
 (:class:`MemoryCallRegistry`), in Redis for the backend's replicas
-(:class:`RedisCallRegistry`), where every change is one optimistic
+(:class:`~softphone.server.redis_call_registry.RedisCallRegistry`), where every change is one optimistic
 transaction (WATCH/MULTI) so two replicas never lose each other's updates.
 """
 
@@ -24,13 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from redis import asyncio as aioredis
-from redis.exceptions import RedisError, WatchError
-
 from softphone.domain.identifiers import validate_identity
 from softphone.errors import NotFoundError, TransferError, ValidationError
 from softphone.protocol import CallInfo
-from softphone.server.state import StateError
 
 PartyRole = Literal["caller", "agent"]
 # How long an ended call stays known (its history lives in the history store).
@@ -45,7 +41,9 @@ def unguessable_room(prefix: str) -> str:
 
 
 @dataclasses.dataclass
-class _Call:
+class StoredCall:
+    """A call as a registry's storage keeps it (JSON in Redis)."""
+
     call_id: str
     room: str
     caller: str
@@ -65,7 +63,7 @@ class _Call:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
-    def from_json(cls, raw: str) -> _Call:
+    def from_json(cls, raw: str) -> StoredCall:
         data: dict[str, Any] = json.loads(raw)
         data["consults"] = {k: tuple(v) for k, v in data.get("consults", {}).items()}
         return cls(**data)
@@ -98,7 +96,7 @@ class CallRegistry(abc.ABC):
     # ---- storage -----------------------------------------------------------------
 
     @abc.abstractmethod
-    async def _insert(self, call: _Call) -> None:
+    async def _insert(self, call: StoredCall) -> None:
         """Store a new call, atomically checking the caller's and requester's limits.
 
         Raises:
@@ -106,19 +104,21 @@ class CallRegistry(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def _load(self, call_id: str) -> _Call | None:
+    async def _load(self, call_id: str) -> StoredCall | None:
         """The call ``call_id`` (active or recently ended)."""
 
     @abc.abstractmethod
-    async def _call_in(self, room: str) -> _Call | None:
+    async def _call_in(self, room: str) -> StoredCall | None:
         """The active call one of whose rooms is ``room``."""
 
     @abc.abstractmethod
-    async def _update(self, call_id: str, change: Callable[[_Call], None]) -> _Call | None:
+    async def _update(
+        self, call_id: str, change: Callable[[StoredCall], None]
+    ) -> StoredCall | None:
         """Apply ``change`` to the call atomically (rooms re-indexed); None if unknown."""
 
     @abc.abstractmethod
-    async def _active(self) -> list[_Call]:
+    async def _active(self) -> list[StoredCall]:
         """Every active call."""
 
     # ---- rules -------------------------------------------------------------------
@@ -139,7 +139,7 @@ class CallRegistry(abc.ABC):
         validate_identity(agent, "agent")
         if caller == agent:
             raise ValidationError("agent", "must not be the caller")
-        call = _Call(
+        call = StoredCall(
             call_id=secrets.token_hex(12),
             room=unguessable_room("call"),
             caller=caller,
@@ -199,7 +199,7 @@ class CallRegistry(abc.ABC):
             NotFoundError: No such call.
         """
 
-        def change(call: _Call) -> None:
+        def change(call: StoredCall) -> None:
             # Not a caller room yet: the caller joins it on standby and when
             # moved, with grants the service sends; it may not ask for one.
             call.consults[room] = (from_agent, to_agent)
@@ -218,7 +218,7 @@ class CallRegistry(abc.ABC):
             NotFoundError: No such call.
         """
 
-        def change(call: _Call) -> None:
+        def change(call: StoredCall) -> None:
             call.consults.pop(room, None)
             call.room, call.agent = room, agent
 
@@ -235,7 +235,7 @@ class CallRegistry(abc.ABC):
         """
         now = self._clock()
 
-        def change(call: _Call) -> None:
+        def change(call: StoredCall) -> None:
             if call.ended_at is None:
                 call.ended_at = now
 
@@ -254,7 +254,12 @@ class CallRegistry(abc.ABC):
         return sorted(out, key=lambda c: c.created_at)
 
 
-def _check_limits(call: _Call, callers_call: _Call | None, by_requester: int) -> None:
+def check_limits(call: StoredCall, callers_call: StoredCall | None, by_requester: int) -> None:
+    """Refuse a new call whose caller has one already, or whose requester has too many.
+
+    Raises:
+        TransferError: Either limit is reached.
+    """
     if callers_call is not None and callers_call.ended_at is None:
         raise TransferError(
             "this caller already has an active call", details={"call_id": callers_call.call_id}
@@ -268,17 +273,17 @@ class MemoryCallRegistry(CallRegistry):
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock=clock)
-        self._calls: dict[str, _Call] = {}
+        self._calls: dict[str, StoredCall] = {}
         self._by_room: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
-    async def _insert(self, call: _Call) -> None:
+    async def _insert(self, call: StoredCall) -> None:
         async with self._lock:
             self._forget_ended()
             active = [c for c in self._calls.values() if c.ended_at is None]
             callers = next((c for c in active if c.caller == call.caller), None)
             by_requester = sum(1 for c in active if c.created_by == call.created_by)
-            _check_limits(call, callers, by_requester)
+            check_limits(call, callers, by_requester)
             self._calls[call.call_id] = call
             self._by_room[call.room] = call.call_id
 
@@ -288,15 +293,17 @@ class MemoryCallRegistry(CallRegistry):
         for call_id in [k for k, c in self._calls.items() if c.ended_at and c.ended_at < cutoff]:
             del self._calls[call_id]
 
-    async def _load(self, call_id: str) -> _Call | None:
+    async def _load(self, call_id: str) -> StoredCall | None:
         call = self._calls.get(call_id)
         return dataclasses.replace(call, consults=dict(call.consults)) if call else None
 
-    async def _call_in(self, room: str) -> _Call | None:
+    async def _call_in(self, room: str) -> StoredCall | None:
         call_id = self._by_room.get(room)
         return await self._load(call_id) if call_id is not None else None
 
-    async def _update(self, call_id: str, change: Callable[[_Call], None]) -> _Call | None:
+    async def _update(
+        self, call_id: str, change: Callable[[StoredCall], None]
+    ) -> StoredCall | None:
         async with self._lock:
             call = self._calls.get(call_id)
             if call is None:
@@ -310,115 +317,5 @@ class MemoryCallRegistry(CallRegistry):
                 self._by_room[room] = call_id
             return dataclasses.replace(call, consults=dict(call.consults))
 
-    async def _active(self) -> list[_Call]:
+    async def _active(self) -> list[StoredCall]:
         return [c for c in self._calls.values() if c.ended_at is None]
-
-
-class RedisCallRegistry(CallRegistry):
-    """The registry every backend replica shares, in Redis.
-
-    Keys (under ``prefix``): ``call:<id>`` (JSON; expires once ended),
-    ``call-room:<room>`` (the active call of a room), ``caller-call:<caller>``,
-    ``calls:active`` and ``requester:<identity>`` (sets of active call ids).
-
-    Args:
-        url: ``redis://`` URL.
-        prefix: Key prefix shared with :class:`~softphone.server.state.RedisState`.
-        clock: Wall clock for timestamps.
-    """
-
-    def __init__(
-        self, *, url: str, prefix: str = "softphone:", clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__(clock=clock)
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
-        self._p = prefix
-
-    def _k(self, *parts: str) -> str:
-        return self._p + ":".join(parts)
-
-    async def _insert(self, call: _Call) -> None:
-        caller_key = self._k("caller-call", call.caller)
-        requester_key = self._k("requester", call.created_by)
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(caller_key, requester_key)
-                        held = await pipe.get(caller_key)
-                        callers = await self._load(str(held)) if held else None
-                        by_requester = await pipe.scard(requester_key) if call.created_by else 0
-                        _check_limits(call, callers, by_requester)
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.set(self._k("call", call.call_id), call.to_json())
-                        pipe.set(self._k("call-room", call.room), call.call_id)
-                        pipe.set(caller_key, call.call_id)
-                        pipe.sadd(self._k("calls", "active"), call.call_id)
-                        if call.created_by:
-                            pipe.sadd(requester_key, call.call_id)
-                        await pipe.execute()
-                        return
-                    except WatchError:
-                        continue
-        except (RedisError, OSError) as exc:
-            raise StateError("Redis cannot be reached", retryable=True) from exc
-
-    async def _load(self, call_id: str) -> _Call | None:
-        raw = await self._get(self._k("call", call_id))
-        return _Call.from_json(raw) if raw else None
-
-    async def _call_in(self, room: str) -> _Call | None:
-        call_id = await self._get(self._k("call-room", room))
-        call = await self._load(call_id) if call_id else None
-        return call if call is not None and room in call.rooms else None
-
-    async def _get(self, key: str) -> str | None:
-        try:
-            value = await self._redis.get(key)
-        except (RedisError, OSError) as exc:
-            raise StateError("Redis cannot be reached", retryable=True) from exc
-        return str(value) if value is not None else None
-
-    async def _update(self, call_id: str, change: Callable[[_Call], None]) -> _Call | None:
-        key = self._k("call", call_id)
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.get(key)
-                        if raw is None:
-                            return None
-                        call = _Call.from_json(str(raw))
-                        before = call.rooms
-                        change(call)
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.set(key, call.to_json())
-                        for room in before - call.rooms:
-                            pipe.delete(self._k("call-room", room))
-                        for room in call.rooms:
-                            pipe.set(self._k("call-room", room), call_id)
-                        if call.ended_at is not None:
-                            pipe.expire(key, int(ENDED_KEPT_S))
-                            pipe.srem(self._k("calls", "active"), call_id)
-                            pipe.srem(self._k("requester", str(call.created_by)), call_id)
-                            pipe.delete(self._k("caller-call", call.caller))
-                        await pipe.execute()
-                        return call
-                    except WatchError:
-                        continue
-        except (RedisError, OSError) as exc:
-            raise StateError("Redis cannot be reached", retryable=True) from exc
-
-    async def _active(self) -> list[_Call]:
-        try:
-            ids = sorted(await self._redis.smembers(self._k("calls", "active")))
-            raws = await self._redis.mget([self._k("call", str(i)) for i in ids]) if ids else []
-        except (RedisError, OSError) as exc:
-            raise StateError("Redis cannot be reached", retryable=True) from exc
-        calls = [_Call.from_json(str(r)) for r in raws if r]
-        return [c for c in calls if c.ended_at is None]
-
-    async def aclose(self) -> None:
-        """Disconnect."""
-        await self._redis.aclose()

@@ -24,8 +24,8 @@ from softphone.server.call_registry import (
     MAX_ACTIVE_PER_REQUESTER,
     CallRegistry,
     MemoryCallRegistry,
-    RedisCallRegistry,
 )
+from softphone.server.redis_call_registry import RedisCallRegistry
 from tests.transfer.conftest import (
     CALL_JOIN_GRACE_S,
     TransferEnv,

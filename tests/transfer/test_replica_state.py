@@ -17,7 +17,7 @@ import pytest
 from softphone.domain.transfer import EndReason, Transfer
 from softphone.errors import NotFoundError, TransferError
 from softphone.infra.redis_server import LocalRedisServer
-from softphone.server.state import RedisState
+from softphone.server.redis_state import RedisState
 
 
 @pytest.fixture
