@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from softphone.errors import LocalServerError
-from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.local_server import LocalLiveKitServer, ServerPorts
 from softphone.infra.server_binary import (
     LIVEKIT_SERVER_VERSION,
     binary_version,
@@ -112,6 +112,31 @@ async def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
         await server.start()
     assert "exited with code 3" in info.value.message
     assert "config error: bad things" in info.value.message
+
+
+async def test_a_taken_port_is_named_even_without_a_log_file() -> None:
+    """livekit-server exits with code 0 on any error; only its output says a port was taken.
+
+    That is what makes a start on free ports try again (a port can be taken
+    between choosing and binding it), so the output is kept without a log
+    path too, in a private file that goes with the server.
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = ServerPorts(signal=port, rtc_tcp=_free_port(), rtc_udp=_free_port())
+        server = LocalLiveKitServer(binary=ensure_server_binary(), ports=ports)
+        with pytest.raises(LocalServerError) as info:
+            await server.start()
+    assert "address already in use" in info.value.message
+    assert server.log_tail() == "(no log file)"  # gone with the server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_missing_binary_and_no_go_is_a_clear_error(tmp_path: Path) -> None:

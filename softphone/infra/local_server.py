@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -301,6 +302,11 @@ class LocalLiveKitServer:
         self._webhook_urls = tuple(webhook_urls)
         self._fixed_ports = ports
         self._log_path = log_path
+        # Without a log path the output still goes to a private file of our
+        # own, deleted when the server stops: livekit-server exits with code 0
+        # on any error (a port taken, a bad config), and only its output says
+        # which, and so whether starting again on other ports helps.
+        self._own_log: Path | None = None
         self._host = host
         self._ready_timeout = ready_timeout
         self._proc: subprocess.Popen[bytes] | None = None
@@ -349,6 +355,10 @@ class LocalLiveKitServer:
 
     async def _start_once(self) -> None:
         self.ports = self._fixed_ports or _pick_ports(self._host)
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix="livekit-server-", suffix=".log")  # 0600
+            os.close(fd)
+            self._log_path = self._own_log = Path(name)
         # Opening a log file and forking are quick, bounded calls; the wait for
         # readiness below is what must not block, and it does not.
         out = (
@@ -431,6 +441,9 @@ class LocalLiveKitServer:
         proc, self._proc = self._proc, None
         if proc is not None:
             await stop_process(proc, grace)
+        if self._own_log is not None:
+            self._own_log.unlink(missing_ok=True)
+            self._log_path = self._own_log = None
 
     async def restart(self, *, kill: bool = True, down_s: float = 0.0) -> None:
         """Stop the server (SIGKILL, or a clean stop) and start it on the same ports.
