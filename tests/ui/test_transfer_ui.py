@@ -116,13 +116,17 @@ def test_warm_transfer_by_clicking_through_three_windows(
                     30,
                     "caller and B together in R2, A gone",
                 )
+                # The service removed A from R2 as the transfer completed; the
+                # caller's app learns that from LiveKit, on a path of its own,
+                # a moment after A's app sees "completed".
                 await wait_until(
                     lambda: (
                         "caller-t" in b.controller.call.session.remote_identities()
                         and "agent-b" in caller.controller.call.session.remote_identities()
+                        and "agent-a" not in caller.controller.call.session.remote_identities()
                     ),
                     20,
-                    "caller and B see each other",
+                    "caller and B see each other, and A gone",
                 )
                 detail = await a_ctx.history.get_call(a_call_id) if a_call_id else None
                 return {
