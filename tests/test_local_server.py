@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from softphone.errors import LocalServerError
-from softphone.infra.local_server import LocalLiveKitServer, ServerPorts
+from softphone.infra.local_server import LocalLiveKitServer, ServerPorts, free_port
 from softphone.infra.server_binary import (
     LIVEKIT_SERVER_VERSION,
     binary_version,
@@ -125,18 +125,12 @@ async def test_a_taken_port_is_named_even_without_a_log_file() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        ports = ServerPorts(signal=port, rtc_tcp=_free_port(), rtc_udp=_free_port())
+        ports = ServerPorts(signal=port, rtc_tcp=free_port(), rtc_udp=free_port(socket.SOCK_DGRAM))
         server = LocalLiveKitServer(binary=ensure_server_binary(), ports=ports)
         with pytest.raises(LocalServerError) as info:
             await server.start()
     assert "address already in use" in info.value.message
     assert server.log_tail() == "(no log file)"  # gone with the server
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_missing_binary_and_no_go_is_a_clear_error(tmp_path: Path) -> None:
