@@ -64,7 +64,7 @@ from softphone.speech.local_stt import LocalStt
 from softphone.speech.offline_summarizer import OfflineSummarizer
 from softphone.speech.stt import BatchStt
 from softphone.speech.summarizer import Summarizer
-from softphone.speech.whisper_engine import shared_engine
+from softphone.speech.whisper_engine import BUNDLED, shared_engine
 from tests.speech.corpus import (
     SAMPLE_RATE,
     Call,
@@ -88,13 +88,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def live_call(
-    rc: RenderedCall, *, speed: float, **options: Any
+    rc: RenderedCall, *, speed: float, stt_model: str = BUNDLED, **options: Any
 ) -> tuple[list[TranscriptSegment], list[float], float]:
     """Feed a rendered call to the live engine in (scaled) real time.
 
     Returns the final segments, the lag of each final (s) and the model's busy time (s).
     """
-    engine = shared_engine()
+    engine = shared_engine(model=stt_model)
     finals: list[tuple[TranscriptSegment, float]] = []
     t0 = time.monotonic()
     clock = (lambda: (time.monotonic() - t0) * speed) if speed != 1.0 else time.monotonic
@@ -225,7 +225,7 @@ async def measure_split(
     if args.facts_only:
         return out
     rendered = [render_call(c) for c in calls]
-    await asyncio.to_thread(shared_engine)  # load once, outside the timings
+    engine = await asyncio.to_thread(shared_engine, model=args.stt_model)  # load once, untimed
     live_err = live_words = 0
     lags: list[float] = []
     busy = call_s = 0.0
@@ -234,6 +234,7 @@ async def measure_split(
         segs, call_lags, call_busy = await live_call(
             rc,
             speed=args.speed,
+            stt_model=args.stt_model,
             silence_s=args.silence_s,
             partials=not args.no_partials,
             partial_interval_s=args.partial_interval_s,
@@ -249,7 +250,7 @@ async def measure_split(
 
     batch_err = batch_words = 0
     with tempfile.TemporaryDirectory() as tmp:
-        async with LocalStt(engine=shared_engine()) as stt:
+        async with LocalStt(engine=engine) as stt:
             for rc in rendered:
                 segs = await batch_call(rc, stt, Path(tmp))
                 e, w = call_errors(rc.call, segs)
@@ -376,6 +377,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--silence-s", type=float, default=0.5, help="live: quiet ending an utterance"
+    )
+    parser.add_argument(
+        "--stt-model",
+        default=BUNDLED,
+        help="the recogniser: tiny.en or base (both bundled), auto, or a model path",
     )
     parser.add_argument("--no-partials", action="store_true", help="live: no partial segments")
     parser.add_argument(

@@ -154,7 +154,11 @@ class Settings:
     summary_timeout_s: float = _field(10.0, "seconds the summarizer may take", min=0.1)
 
     stt_provider: SttProvider = _field("local", "batch speech-to-text: local, assemblyai, openai")
-    stt_model: str = _field("tiny.en", "faster-whisper model name or path")
+    stt_model: str = _field(
+        "auto",
+        "speech model: tiny.en or base (both bundled), auto (base on 4+ cores, else"
+        " tiny.en), another faster-whisper name, or a path",
+    )
     stt_device: str = _field("cpu", "faster-whisper device (cpu, cuda, auto)")
     stt_compute_type: str = _field("int8", "faster-whisper compute type")
     live_transcript: bool = _field(True, "transcribe calls live")
@@ -265,6 +269,12 @@ class Settings:
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
 _HINTS = typing.get_type_hints(Settings)
+
+
+def cache_home(env: Mapping[str, str] | None = None) -> Path:
+    """The per-user cache of what the app can rebuild: ``$XDG_CACHE_HOME/softphone``."""
+    env = os.environ if env is None else env
+    return Path(env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "softphone"
 
 
 def default_home(env: Mapping[str, str]) -> Path:

@@ -46,7 +46,7 @@ from types import TracebackType
 
 import httpx
 
-from softphone.config import Secret
+from softphone.config import Secret, cache_home
 from softphone.errors import LocalServerError
 from softphone.infra.local_server import (
     _die_with_parent,
@@ -92,9 +92,7 @@ class LlmEnvironment:
 
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """The per-user cache directory holding LLM environments, one folder per key."""
-    env = os.environ if env is None else env
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "softphone" / "llm"
+    return cache_home(env) / "llm"
 
 
 def environment_key() -> str:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from softphone.config import cache_home
 from softphone.errors import LocalServerError
 
 LIVEKIT_SERVER_VERSION = "1.13.5"
@@ -41,9 +42,7 @@ log = logging.getLogger(__name__)
 
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """The per-user cache directory holding built servers, one folder per version."""
-    env = os.environ if env is None else env
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "softphone" / "livekit-server" / f"v{LIVEKIT_SERVER_VERSION}"
+    return cache_home(env) / "livekit-server" / f"v{LIVEKIT_SERVER_VERSION}"
 
 
 def binary_version(path: Path) -> str | None:

