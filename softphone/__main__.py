@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from softphone.app import main
-
 if __name__ == "__main__":
+    import multiprocessing
+
+    # In the packaged app, a worker process (the summarizer's NER, spawned)
+    # is this program started again: it runs the worker here and exits.
+    multiprocessing.freeze_support()
+
+    from softphone.app import main
+
     main()

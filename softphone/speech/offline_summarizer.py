@@ -20,11 +20,17 @@ How it reads a call:
 - sentiment weighs the caller's negative and positive words;
 - the next step follows from what is open.
 
-The NER model loads once per process in a background thread (seconds), at
-the first summary or earlier by :func:`preload_entity_model` (call it at
-start-up); a summary waits for it at most half its timeout, else uses the
-patterns only (the model goes on loading for the next one).
-All the work runs in a worker thread, never on the event loop.
+With the NER model, :meth:`OfflineSummarizer.summarize` makes the card in
+a worker *process* (:func:`start_entity_worker`, one per process, started at
+the first summary or earlier, e.g. when an agent's call begins): spaCy holds
+the GIL for long stretches while it loads and tags, which stalled an app's
+event loop by 50-220 ms at a transfer's start when it ran in a thread. The
+model loads there once (seconds); a summary waits for it at most half its
+timeout, else uses the patterns only, in a worker thread (the model goes on
+loading for the next one); a worker that died is started again. Nothing runs
+on the event loop. :meth:`OfflineSummarizer.summarize_sync` (benchmarks,
+scripts) loads the model in its own process instead
+(:func:`preload_entity_model`).
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import multiprocessing
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 from softphone.domain.summary import Sentiment, SpeakerRoles, SummaryCard
@@ -81,6 +89,56 @@ def preload_entity_model() -> concurrent.futures.Future[Language]:
             threading.Thread(target=load, name="ner-model-load", daemon=True).start()
             _load_future = future
         return _load_future
+
+
+_worker_lock = threading.Lock()
+_worker: ProcessPoolExecutor | None = None
+_worker_ready: concurrent.futures.Future[bool] | None = None
+
+
+def _load_in_worker() -> bool:
+    facts.load_entity_model()
+    return True
+
+
+def _summarize_in_worker(
+    segments: list[TranscriptSegment], roles: SpeakerRoles | None, caller_identity: str | None
+) -> SummaryCard:
+    summarizer = OfflineSummarizer(caller_identity=caller_identity)
+    return summarizer._summarize(segments, roles, facts.load_entity_model())
+
+
+def start_entity_worker() -> tuple[ProcessPoolExecutor, concurrent.futures.Future[bool]]:
+    """The NER worker process and the future of its model being loaded (started once).
+
+    A worker that died (killed, out of memory) is replaced by a new one.
+    Non-blocking: it only starts the process (spawned, not forked: the app has
+    threads and Qt) and queues the model's loading.
+    """
+    global _worker, _worker_ready
+    with _worker_lock:
+        failed = _worker_ready is not None and _worker_ready.done() and _worker_ready.exception()
+        if _worker is None or _worker_ready is None or failed:
+            _forget_worker_locked()
+            _worker = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+            _worker_ready = _worker.submit(_load_in_worker)
+        return _worker, _worker_ready
+
+
+def _forget_worker(worker: ProcessPoolExecutor) -> None:
+    """Drop ``worker`` (it died) so that the next summary starts a new one."""
+    with _worker_lock:
+        if _worker is worker:
+            _forget_worker_locked()
+
+
+def _forget_worker_locked() -> None:
+    global _worker, _worker_ready
+    if _worker is not None:
+        _worker.shutdown(wait=False, cancel_futures=True)
+    _worker = _worker_ready = None
 
 
 def _words(text: str) -> int:
@@ -145,8 +203,8 @@ class OfflineSummarizer(Summarizer):
         timeout_s: How long one summary may take.
         caller_identity: The caller's identity, when known (skips the guess);
             ``roles`` given to :meth:`summarize` take precedence.
-        ner: Use the NER model (loaded in the background at the first summary,
-            or at start-up by :func:`preload_entity_model`); ``False``: patterns only.
+        ner: Use the NER model (in the worker process of
+            :func:`start_entity_worker`); ``False``: patterns only.
     """
 
     name = "offline"
@@ -164,19 +222,24 @@ class OfflineSummarizer(Summarizer):
     async def _summarize_with_roles(
         self, segments: Sequence[TranscriptSegment], roles: SpeakerRoles | None
     ) -> SummaryCard:
-        nlp: Language | None = None
         if self.ner:
-            future = preload_entity_model()
+            worker, ready = start_entity_worker()
             try:
-                nlp = await asyncio.wait_for(
-                    asyncio.shield(asyncio.wrap_future(future)),
-                    self.timeout_s * MODEL_WAIT_SHARE,
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(ready)), self.timeout_s * MODEL_WAIT_SHARE
                 )
+                job = worker.submit(
+                    _summarize_in_worker, list(segments), roles, self.caller_identity
+                )
+                return await asyncio.wrap_future(job)
             except TimeoutError:
                 log.warning("NER model still loading; facts from patterns only")
             except Exception:
-                nlp = None  # logged once by the loader
-        return await asyncio.to_thread(self._summarize, segments, roles, nlp)
+                # The model failed to load, or the worker died: this card from the
+                # patterns; the next summary starts a new worker.
+                log.warning("NER worker failed; facts from patterns only", exc_info=True)
+                _forget_worker(worker)
+        return await asyncio.to_thread(self._summarize, segments, roles, None)
 
     def summarize_sync(
         self, segments: Sequence[TranscriptSegment], roles: SpeakerRoles | None = None

@@ -80,7 +80,7 @@ def test_held_out_split_meets_the_target(corpus: list[Call], cards: dict[str, Su
     assert recall >= 0.90, {c.id: missing(c, cards[c.id]) for c in heldout}
 
 
-async def test_summarize_uses_the_roles_and_a_worker_thread(corpus: list[Call]) -> None:
+async def test_summarize_uses_the_roles_off_the_event_loop(corpus: list[Call]) -> None:
     call = next(c for c in corpus if c.split == "tune" and c.noise is not None)
     ticks = 0
 

@@ -181,6 +181,7 @@ class AgentWindow(RoleWindow):
         split.setStretchFactor(1, 1)
         self.body.addWidget(split, 1)
         self.call_panel.joined.connect(lambda _r: self.transfer_panel.set_in_call(True))
+        self.call_panel.joined.connect(lambda _r: self._prepare_summaries())
         self.call_panel.left.connect(lambda: self.transfer_panel.set_in_call(False))
         if not self.agent.transfers_available:
             self.transfer_panel.setEnabled(False)
@@ -226,6 +227,16 @@ class AgentWindow(RoleWindow):
         if dialog.exec() and dialog.saved is not None:
             self.context.settings = dialog.saved
             self.show_info("Settings saved. Some changes apply at the next start.")
+
+    def _prepare_summaries(self) -> None:
+        """A call began: load the summarizer's NER model (its own process) before it is needed.
+
+        Not at start-up: an idle agent keeps its memory; a call gives the
+        model the seconds it needs before the transfer's summary or a draft.
+        """
+        from softphone.speech.offline_summarizer import start_entity_worker
+
+        start_entity_worker()
 
     def _on_draft_clicked(self) -> None:
         run_task(self._draft_summary(), report=self.show_error, what="summary")

@@ -1,0 +1,85 @@
+"""The offline summarizer's NER runs in a worker process, and a killed worker costs one card's NER.
+
+spaCy holds the GIL while it loads and tags; in a thread of the app it
+stalled the UI's event loop at a transfer's start. These tests run the real
+summarizer: once in a fresh interpreter (to see that spaCy is never imported
+there), once here with the worker killed by a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from softphone.domain.summary import SpeakerRoles
+from softphone.speech.offline_summarizer import OfflineSummarizer
+from tests.speech.corpus import Call, fact_recall, load_calls
+
+ROOT = Path(__file__).resolve().parents[2]
+# A tune-split call whose facts the named entities find and the patterns miss.
+CALL = "02_password_reset"
+
+CHILD = f"""
+import asyncio, json, sys
+sys.path.insert(0, {str(ROOT)!r})
+from softphone.domain.summary import SpeakerRoles
+from softphone.speech.offline_summarizer import OfflineSummarizer
+from tests.speech.corpus import fact_recall, load_calls
+
+async def main():
+    call = next(c for c in load_calls() if c.id == {CALL!r})
+    roles = SpeakerRoles(caller=call.caller_identity, agents=frozenset({{call.agent_identity}}))
+    segs = call.reference_segments()
+    ner = await OfflineSummarizer(timeout_s=120).summarize(segs, roles=roles)
+    patterns = await OfflineSummarizer(timeout_s=120, ner=False).summarize(segs, roles=roles)
+    print(json.dumps({{
+        "spacy_here": "spacy" in sys.modules,
+        "ner": fact_recall(call.facts, ner.to_text()),
+        "patterns": fact_recall(call.facts, patterns.to_text()),
+    }}))
+
+asyncio.run(main())
+"""
+
+
+def the_call() -> tuple[Call, SpeakerRoles]:
+    call = next(c for c in load_calls() if c.id == CALL)
+    return call, SpeakerRoles(caller=call.caller_identity, agents=frozenset({call.agent_identity}))
+
+
+def test_the_model_works_in_another_process_never_in_the_callers() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=240, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["spacy_here"] is False, "spaCy was imported by the summarizer's caller"
+    assert result["ner"] > result["patterns"], result  # the model did find what patterns miss
+
+
+async def test_a_killed_worker_costs_one_cards_entities_and_is_started_again() -> None:
+    call, roles = the_call()
+    segs = call.reference_segments()
+    summarizer = OfflineSummarizer(timeout_s=120)
+    before = {p.pid for p in multiprocessing.active_children()}
+    first = await summarizer.summarize(segs, roles=roles)
+    workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+    if not workers:  # started by an earlier test of this session
+        workers = multiprocessing.active_children()
+    assert workers
+    for worker in workers:
+        assert worker.pid is not None and worker.pid != os.getpid()
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(timeout=10)
+    # The card still comes (from the patterns), and the next one has the entities again.
+    second = await summarizer.summarize(segs, roles=roles)
+    assert second.source == "offline" and second.reason
+    third = await summarizer.summarize(segs, roles=roles)
+    assert fact_recall(call.facts, third.to_text()) == fact_recall(call.facts, first.to_text())
+    assert fact_recall(call.facts, second.to_text()) < fact_recall(call.facts, first.to_text())
+    alive = [p for p in multiprocessing.active_children() if p.pid not in before]
+    assert alive and all(p.pid not in {w.pid for w in workers} for p in alive)
