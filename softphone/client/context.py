@@ -9,12 +9,15 @@ of the settings), which mints them only for parties of a room.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Settings
 from softphone.errors import ConfigError
 from softphone.protocol import ServiceInfo, SupervisorMode, TokenRoleName, TransferService
 from softphone.store.history import HistoryStore
+
+if TYPE_CHECKING:  # imported when used: embedded mode never needs the HTTP client's models
+    from softphone.client.remote_service import RemoteTransferService
 
 
 @dataclasses.dataclass
@@ -83,4 +86,6 @@ def remote_transfer_service(settings: Settings) -> RemoteTransferService:
     Raises:
         ConfigError: No backend URL, or no API key (``SOFTPHONE_BACKEND_API_KEY``).
     """
+    from softphone.client.remote_service import RemoteTransferService
+
     return RemoteTransferService(base_url=settings.backend_urls, api_key=settings.backend_api_key)
