@@ -39,6 +39,7 @@ import asyncio
 import concurrent.futures
 import logging
 import multiprocessing
+import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -96,6 +97,15 @@ _worker: ProcessPoolExecutor | None = None
 _worker_ready: concurrent.futures.Future[bool] | None = None
 
 
+def _worker_init(parent: int) -> None:  # pragma: no cover - runs in the worker
+    """The worker dies with the process that started it, even one killed with SIGKILL."""
+    from softphone.infra.local_server import _die_with_parent
+
+    _die_with_parent()
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(0)
+
+
 def _load_in_worker() -> bool:
     facts.load_entity_model()
     return True
@@ -111,7 +121,9 @@ def _summarize_in_worker(
 def start_entity_worker() -> tuple[ProcessPoolExecutor, concurrent.futures.Future[bool]]:
     """The NER worker process and the future of its model being loaded (started once).
 
-    A worker that died (killed, out of memory) is replaced by a new one.
+    A worker that died (killed, out of memory) is replaced by a new one; the
+    worker dies with this process (``PR_SET_PDEATHSIG``: call this from a
+    thread that lives as long as the process, such as the event loop's).
     Non-blocking: it only starts the process (spawned, not forked: the app has
     threads and Qt) and queues the model's loading.
     """
@@ -121,7 +133,10 @@ def start_entity_worker() -> tuple[ProcessPoolExecutor, concurrent.futures.Futur
         if _worker is None or _worker_ready is None or failed:
             _forget_worker_locked()
             _worker = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
             )
             _worker_ready = _worker.submit(_load_in_worker)
         return _worker, _worker_ready

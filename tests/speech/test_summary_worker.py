@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from softphone.domain.summary import SpeakerRoles
@@ -44,6 +45,19 @@ async def main():
     }}))
 
 asyncio.run(main())
+"""
+
+
+ORPHAN = f"""
+import multiprocessing, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from softphone.speech.offline_summarizer import start_entity_worker
+
+if __name__ == "__main__":
+    worker, ready = start_entity_worker()
+    ready.result(timeout=200)
+    print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+    time.sleep(300)
 """
 
 
@@ -83,3 +97,32 @@ async def test_a_killed_worker_costs_one_cards_entities_and_is_started_again() -
     assert fact_recall(call.facts, second.to_text()) < fact_recall(call.facts, first.to_text())
     alive = [p for p in multiprocessing.active_children() if p.pid not in before]
     assert alive and all(p.pid not in {w.pid for w in workers} for p in alive)
+
+
+def test_the_worker_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    """An app or backend killed with SIGKILL leaves no 150 MB worker behind."""
+    script = tmp_path / "parent.py"  # a file: spawned workers import the main module
+    script.write_text(ORPHAN)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert pids and all(Path(f"/proc/{p}").exists() for p in pids)
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids), "the worker outlived its parent"
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, dead but not yet reaped by init, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
