@@ -2,7 +2,8 @@
 
 Audio arrives per speaker (a remote participant's track, or the local mic's
 frames); speaker attribution comes from the track, not from diarization. A
-small energy-based voice-activity detector with an adaptive noise floor cuts
+small energy-based voice-activity detector with an adaptive noise floor (which
+follows steady noise up even while someone talks) cuts
 each speaker's audio into utterances: one ends after ``silence_s`` of quiet
 or at ``max_utterance_s``. Each utterance goes to faster-whisper in one worker
 thread (never the event loop or the UI thread) and comes back as a final
@@ -32,6 +33,7 @@ A failure of the speech engine never stops the call: it is emitted as an
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -66,6 +68,10 @@ FRAME = SAMPLE_RATE * 30 // 1000  # VAD frame: 30 ms at 16 kHz
 PRE_ROLL_FRAMES = 7  # ~200 ms kept before speech starts, so first syllables survive
 MIN_THRESHOLD = 10 ** (-45 / 20)  # never call anything below -45 dBFS speech
 FLOOR_MARGIN = 10 ** (12 / 20)  # speech is at least 12 dB above the noise floor
+# The quietest frame of the last 3 s is noise, even while someone talks (words
+# have gaps): the floor follows it up, so steady noise never holds an utterance
+# open until max_utterance_s ("minimum statistics" noise estimation).
+FLOOR_WINDOW_FRAMES = 100
 
 
 def to_16k(samples: np.ndarray[Any, Any], sample_rate: int) -> np.ndarray[Any, Any]:
@@ -126,6 +132,9 @@ class _Speaker:
     voiced_run: int = 0
     silent_run: int = 0
     pre_roll: list[np.ndarray[Any, Any]] = dataclasses.field(default_factory=list)
+    recent_rms: collections.deque[float] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=FLOOR_WINDOW_FRAMES)
+    )
     utterance: list[np.ndarray[Any, Any]] = dataclasses.field(default_factory=list)
     utt_start_s: float = 0.0
     last_voiced_end_s: float = 0.0
@@ -435,6 +444,9 @@ class LiveTranscriber(EventEmitter[LiveEvent]):
         rms = float(np.sqrt(np.mean(frame * frame)) + 1e-9)
         frame_end_s = st.origin_s + (st.samples + FRAME) / SAMPLE_RATE
         st.samples += FRAME
+        st.recent_rms.append(rms)
+        if st.in_speech and len(st.recent_rms) == FLOOR_WINDOW_FRAMES:
+            st.floor = max(st.floor, min(st.recent_rms))
         threshold = max(MIN_THRESHOLD, st.floor * FLOOR_MARGIN)
         voiced = rms > threshold
         if not st.in_speech:

@@ -20,7 +20,15 @@ from softphone.speech.live_transcriber import LiveTranscriber
 from softphone.speech.local_stt import LocalStt
 from softphone.speech.whisper_engine import WhisperEngine
 from softphone.store.history import HistoryStore
-from tests.speech.corpus import SAMPLE_RATE, Call, RenderedCall, read_wav, wer
+from tests.speech.corpus import (
+    SAMPLE_RATE,
+    Call,
+    RenderedCall,
+    load_calls,
+    read_wav,
+    render_call,
+    wer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +85,31 @@ async def test_live_segments_per_speaker_are_accurate_timed_and_stored(
             assert all(e.segment_id != s.segment_id or not e.final for e in events[:i])
     assert [s.text for s in stored] == [s.text for s in sorted(finals, key=lambda s: s.start_s)]
     assert {s.segment_id for s in stored} == final_ids
+
+
+async def test_steady_noise_does_not_hold_an_utterance_open(
+    whisper_engine: WhisperEngine,
+) -> None:
+    """Brown noise at 20 dB SNR under the caller: each turn still ends at its pause.
+
+    The noise floor used to be learned only between utterances; noise that
+    started one kept it "voiced" until ``max_utterance_s`` (15 s), so finals
+    came 12 s late and held several turns each.
+    """
+    call = next(c for c in load_calls("tune") if c.id == "19_wrong_address_angry")
+    assert call.noise is not None
+    rc = render_call(call)
+    finals: list[TranscriptSegment] = []
+    live = LiveTranscriber(engine=whisper_engine, clock=lambda: 0.0, call_started_at=0.0)
+    async with live:
+        live.on("segment", lambda s: finals.append(s) if s.final else None)
+        await feed_fast(live, rc)
+        await live.flush()
+    longest_turn = max(u.end_s - u.start_s for u in rc.utterances)
+    assert len(finals) >= len(rc.utterances) - 1
+    assert max(s.end_s - s.start_s for s in finals) < longest_turn + 2.0, [
+        (round(s.start_s, 1), round(s.end_s, 1)) for s in finals
+    ]
 
 
 async def test_local_batch_stt_on_a_speakers_recording(
