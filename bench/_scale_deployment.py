@@ -94,29 +94,49 @@ async def deployment(
             log_path=tmp / "livekit.log",
             webhook_urls=[f"http://127.0.0.1:{p}/v1/livekit/webhook" for p in ports],
         )
-        async with (
-            livekit,
-            LocalRedisServer(log_path=tmp / "redis.log") as redis,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            backends: list[BackendProcess] = []
-            for i in range(replicas):
-                workdir = tmp / f"replica-{i + 1}"
-                workdir.mkdir(mode=0o700)
-                backends.append(
-                    BackendProcess(
-                        livekit_server=livekit,
-                        workdir=workdir,
-                        lobby=lobby,
-                        offer_timeout_s=30.0,
-                        redis_url=redis.url,
-                        extra_env=env,
-                        replica_of=backends[0] if backends else None,
-                        port=ports[i],
+        try:
+            async with (
+                livekit,
+                LocalRedisServer(log_path=tmp / "redis.log") as redis,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                backends: list[BackendProcess] = []
+                for i in range(replicas):
+                    workdir = tmp / f"replica-{i + 1}"
+                    workdir.mkdir(mode=0o700)
+                    backends.append(
+                        BackendProcess(
+                            livekit_server=livekit,
+                            workdir=workdir,
+                            lobby=lobby,
+                            offer_timeout_s=30.0,
+                            redis_url=redis.url,
+                            extra_env=env,
+                            replica_of=backends[0] if backends else None,
+                            port=ports[i],
+                        )
                     )
-                )
-                await stack.enter_async_context(backends[-1])
-            yield Deployment(livekit, backends)
+                    await stack.enter_async_context(backends[-1])
+                yield Deployment(livekit, backends)
+        finally:  # after everything stopped: whole logs
+            keep_logs(tmp)
+
+
+def keep_logs(tmp: Path) -> None:
+    """Copy the deployment's logs to ``$SOFTPHONE_BENCH_LOG_DIR/<time>/`` when that is set.
+
+    For reading a slow run afterwards; the logs carry no secrets (the backend
+    masks them) and the copies stay private (0700 directory, 0600 files).
+    """
+    where = os.environ.get("SOFTPHONE_BENCH_LOG_DIR")
+    if not where:
+        return
+    dest = Path(where) / time.strftime("%Y%m%dT%H%M%S")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for log in tmp.rglob("*.log"):
+        copy = dest / "-".join(log.relative_to(tmp).parts)
+        copy.write_bytes(log.read_bytes())
+        copy.chmod(0o600)
 
 
 def _stat(pid: int) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Query
@@ -187,7 +187,7 @@ def _store_failed(exc: HistoryError) -> JSONResponse:
 
 def records_router(
     get_records: Callable[[], PostgresRecords],
-    principal_dependency: Callable[..., Reader],
+    principal_dependency: Callable[..., Awaitable[Reader]],
 ) -> APIRouter:
     """The ``/v1/records`` routes.
 
