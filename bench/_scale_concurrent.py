@@ -219,6 +219,12 @@ async def _worker_call(call: dict[str, Any], setup: asyncio.Event, go: asyncio.E
         closers.append(onset)
         stage = "consulting"
         await a_svc.wait_for_phase(t_ticket.transfer_id, ["consulting"], timeout_s=30)
+        standby = mover.standby(t_ticket.transfer.new_room)
+        if standby is not None:  # the service's permission reaching the caller's app
+            standby.on(
+                "may_listen",
+                lambda ok: marks.setdefault("caller may speak", time.monotonic()) if ok else None,
+            )
         ready = True
         _emit({"ready": tag})
         await go.wait()

@@ -43,7 +43,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -457,7 +457,7 @@ async def _worker_call(
 
 
 WorkerCall = Callable[
-    [dict[str, Any], dict[str, Any], asyncio.Event, asyncio.Event], Awaitable[None]
+    [dict[str, Any], dict[str, Any], asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]
 ]
 
 

@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 CallerEvent = Literal["joined", "moved"]
 MoveStrategy = Literal["make_before_break", "break_before_make"]
 # How long a move waits for the service's promotion of the standby session to
-# arrive (it is sent before the move, on another channel, so it may trail it).
-PROMOTION_WAIT_S = 1.0
+# arrive (it is sent before the move, on another channel, so it may trail it:
+# by up to 3.3 s with 25 moves at once on 2 cores, where joining afresh
+# instead then timed out). The caller hears A meanwhile; only a promotion the
+# service failed to grant costs this wait before the fresh join.
+PROMOTION_WAIT_S = 5.0
 # The hold audio in the call room ended this long ago and did not come back
 # (a reconnect brings it back at once): the transfer was abandoned.
 HOLD_END_GRACE_S = 2.0
