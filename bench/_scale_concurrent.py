@@ -44,6 +44,7 @@ from bench.transfer import (
     CALLER_HZ,
     CALLS_PER_WORKER,
     WORKER_FRAME_MS,
+    WORKER_ONSET_MS,
     Onset,
     _close_all,
     _emit,
@@ -215,7 +216,7 @@ async def _worker_call(call: dict[str, Any], setup: asyncio.Event, go: asyncio.E
                 marks.setdefault("B subscribed to the caller", time.monotonic())
 
         b_sess.on("remote_audio", subscribed)
-        onset = Onset(b_sess, CALLER_HZ)
+        onset = Onset(b_sess, CALLER_HZ, frame_ms=WORKER_ONSET_MS)
         closers.append(onset)
         stage = "consulting"
         await a_svc.wait_for_phase(t_ticket.transfer_id, ["consulting"], timeout_s=30)
