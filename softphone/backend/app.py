@@ -134,7 +134,8 @@ class KeyRing:
     """
 
     def __init__(self, keys: Mapping[str, Principal]) -> None:
-        self._keys = dict(keys)
+        # Encoded once: every request compares against all of them, on the event loop.
+        self._keys = {key.encode(): who for key, who in keys.items()}
         self._roles: dict[str, set[str]] = {}
         for who in self._keys.values():
             self._roles.setdefault(who.identity, set()).add(who.role)
@@ -177,8 +178,9 @@ class KeyRing:
     def find(self, presented: str) -> Principal | None:
         """The principal for ``presented``, or None."""
         found = None
+        given = presented.encode()
         for key, who in self._keys.items():
-            if hmac.compare_digest(key.encode(), presented.encode()):
+            if hmac.compare_digest(key, given):
                 found = who
         return found
 
