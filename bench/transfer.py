@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import secrets
-import socket
 import sys
 import time
 import uuid
@@ -60,7 +59,7 @@ from softphone.client.lobby import AgentLobby
 from softphone.client.remote_service import RemoteTransferService
 from softphone.config import Secret
 from softphone.errors import MediaError
-from softphone.infra.local_server import LocalLiveKitServer
+from softphone.infra.local_server import LocalLiveKitServer, free_port
 from softphone.infra.server_binary import ensure_server_binary
 from softphone.media.session import RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
@@ -496,12 +495,6 @@ async def worker(run_call: WorkerCall | None = None) -> None:
     listening.cancel()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def run_workers(
     script: Path,
     calls: list[dict[str, Any]],
@@ -626,7 +619,7 @@ async def concurrent_run(bench: Bench, n: int, workers: int) -> dict[str, Any]:
                 "b_token": mint(role="agent", identity=b, room=bench.lobby).token,
             }
         )
-    port = _free_port()
+    port = free_port()
     app = create_app(service=bench.service, keys=KeyRing(keys))
     server = uvicorn.Server(
         uvicorn.Config(

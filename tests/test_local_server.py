@@ -114,6 +114,22 @@ async def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
     assert "config error: bad things" in info.value.message
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's port range")
+def test_free_ports_are_outside_the_range_of_outgoing_connections() -> None:
+    """A server restarted on its ports (a LiveKit node, a replica) finds them
+    free only if no client socket on the machine took one meanwhile: CI once
+    failed on a port taken that way between a stop and a restart."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    picked = [free_port() for _ in range(50)] + [free_port(socket.SOCK_DGRAM) for _ in range(50)]
+    assert all(1024 <= port < low for port in picked), (low, high, picked)
+    assert len(set(picked)) > 1
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", free_port()))
+        server.listen()
+        client.connect(server.getsockname())  # the premise: clients draw from the range
+        assert low <= client.getsockname()[1] <= high
+
+
 async def test_a_taken_port_is_named_even_without_a_log_file() -> None:
     """livekit-server exits with code 0 on any error; only its output says a port was taken.
 

@@ -70,8 +70,34 @@ class Region:
     lon: float
 
 
+# Listening ports are drawn from below the range the OS hands out to outgoing
+# connections: a port from that range can be taken, between a server's stop
+# and its restart on the same port, by any client socket on the machine (and
+# held for a minute in TIME_WAIT after it closes).
+_LISTEN_PORTS_FROM = 10_000
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_IANA_EPHEMERAL_START = 49_152
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _IANA_EPHEMERAL_START
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """Return a port the OS considers free on ``host`` for the socket kind."""
+    """Return a port free now on ``host`` for the socket kind, outside the
+    OS's range for outgoing connections (so it stays free for a restart)."""
+    end = _ephemeral_start()
+    for _ in range(100 if end - _LISTEN_PORTS_FROM >= 1000 else 0):
+        port = _LISTEN_PORTS_FROM + secrets.randbelow(end - _LISTEN_PORTS_FROM)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
