@@ -73,6 +73,8 @@ MAX_BUFFER_SAMPLES = SAMPLE_RATE // 10
 # the surplus is dropped once. BACKLOG_KEEP stays for the reader's jitter.
 TRIM_WINDOW_CALLBACKS = 25
 BACKLOG_KEEP = SAMPLE_RATE // 50
+# A remote track is read in frames of this many ms: half the wake-ups of 10 ms frames.
+READ_FRAME_MS = 20
 # The AudioSource's queue (was 200 ms: up to that much delay sat in it), and
 # the captured blocks waiting for the loop (the newest are kept). Fewer pending
 # blocks (10) cut the delay after a stall but dropped speech whenever the loaded
@@ -377,7 +379,7 @@ class Speaker:
             self._buffers.pop(sid, None)
 
     async def _read(self, audio: RemoteAudio) -> None:
-        stream = audio.stream(frame_size_ms=20)  # half the wake-ups of 10 ms frames
+        stream = audio.stream(frame_size_ms=READ_FRAME_MS)
         try:
             async for event in stream:
                 pcm = np.frombuffer(event.frame.data, dtype=np.int16)

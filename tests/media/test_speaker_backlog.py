@@ -16,7 +16,13 @@ import pytest
 from livekit import rtc
 
 from softphone.infra.local_server import LocalLiveKitServer
-from softphone.media.devices import SAMPLE_RATE, Speaker, list_devices
+from softphone.media.devices import (
+    BACKLOG_KEEP,
+    READ_FRAME_MS,
+    SAMPLE_RATE,
+    Speaker,
+    list_devices,
+)
 from softphone.media.session import RtcSession
 from softphone.media.tone import TonePlayer
 from softphone.server.token_minter import TokenMinter
@@ -76,8 +82,12 @@ async def test_a_backlog_left_by_a_stall_does_not_stay_as_delay(
         await speaker.aclose()
         await source.aclose()
     assert burst >= 60, f"the stall should have left a backlog ({burst:.0f} ms)"
-    # What never drained is gone; about one reader's frame stays for jitter.
-    assert settled <= 30, f"a standing backlog of {settled:.0f} ms before the stall"
-    assert after <= 30, f"a standing backlog of {after:.0f} ms after the stall"
+    # What never drained is gone: BACKLOG_KEEP stays for the reader's jitter.
+    # The floor is sampled from the loop, not right after a device callback: a
+    # reader frame may land in between (40 ms was seen on CI). Untrimmed, the
+    # backlog would stand near the cap (MAX_BUFFER_SAMPLES, 100 ms).
+    bound = (BACKLOG_KEEP * 1000 / SAMPLE_RATE) + READ_FRAME_MS + 5
+    assert settled <= bound, f"a standing backlog of {settled:.0f} ms before the stall"
+    assert after <= bound, f"a standing backlog of {after:.0f} ms after the stall"
     # Only the surplus was dropped, not the stream.
     assert 0 < speaker.trimmed_ms - trimmed_before <= 1000 * STALL_S + 50
