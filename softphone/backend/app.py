@@ -33,6 +33,7 @@ and decoding and STT run in worker processes, never on the request loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hmac
@@ -1063,6 +1064,9 @@ def build_app(settings: Settings, *, speech_limits: SpeechLimits | None = None) 
                 yield
             finally:
                 unwatch()
+                from softphone.speech.offline_summarizer import stop_entity_worker
+
+                await asyncio.to_thread(stop_entity_worker)
 
     app = _new_app(lifespan, metrics)
     app.state.keys = keys

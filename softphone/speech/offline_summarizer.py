@@ -142,6 +142,21 @@ def start_entity_worker() -> tuple[ProcessPoolExecutor, concurrent.futures.Futur
         return _worker, _worker_ready
 
 
+def stop_entity_worker() -> None:
+    """Stop the NER worker process, if one runs (a summary under way is abandoned).
+
+    Blocking: call it off the event loop. For a process whose exit hooks
+    never run: uvicorn ends on SIGTERM by raising the signal again once it has
+    shut down, so the pool's own hook would never stop the worker, and the
+    resource tracker would report its semaphores leaked.
+    """
+    global _worker, _worker_ready
+    with _worker_lock:
+        worker, _worker, _worker_ready = _worker, None, None
+    if worker is not None:
+        worker.shutdown(wait=True, cancel_futures=True)
+
+
 def _forget_worker(worker: ProcessPoolExecutor) -> None:
     """Drop ``worker`` (it died) so that the next summary starts a new one."""
     with _worker_lock:

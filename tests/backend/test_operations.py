@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from softphone.domain.transcript import TranscriptSegment
 from softphone.infra.local_server import LocalLiveKitServer, ServerPorts, free_port
 from softphone.infra.server_binary import ensure_server_binary
 from softphone.server.token_minter import TokenMinter
@@ -233,3 +234,56 @@ async def test_ready_follows_livekit(tmp_path: Path) -> None:
         assert (await http.get("/health")).status_code == 200
         await lk.start()
         await until(lambda: state(200))
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def test_a_stopped_backend_stops_its_summary_worker(
+    livekit_server: LocalLiveKitServer, minter: TokenMinter, tmp_path: Path
+) -> None:
+    """SIGTERM: uvicorn shuts down, then raises the signal again, so no exit hook
+    runs; the lifespan stops the NER worker itself (before, the resource
+    tracker reported "5 leaked semaphore objects" at every stop)."""
+    backend = BackendProcess(
+        livekit_server=livekit_server, workdir=tmp_path, lobby="lobby-stop", offer_timeout_s=5.0
+    )
+    async with backend:
+        assert backend.pid is not None
+        pid = backend.pid
+        async with (
+            clients_env(backend, url=livekit_server.url, minter=minter) as env,
+            open_call(env, prefix="stop") as call,
+        ):
+            await call.a_call.transfer(
+                caller=call.caller.identity,
+                to_agent=call.b.identity,
+                transcript=(
+                    TranscriptSegment(call.caller.identity, 0.0, 3.0, "My order 12345 broke."),
+                    TranscriptSegment(call.a.identity, 3.0, 6.0, "I will get you to returns."),
+                ),
+            )
+            offer = await call.next_offer(timeout_s=60)
+            assert offer.summary is not None
+        workers = [c for c in _children(pid) if b"spawn_main" in _cmdline(c)]
+        assert workers, "the summary came from the NER worker process"
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]
+    log = backend.log_path.read_text(encoding="utf-8")
+    assert "leaked semaphore" not in log, log[-2000:]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -157,6 +157,11 @@ class BackendProcess:
         return self
 
     @property
+    def pid(self) -> int | None:
+        """The backend's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """Whether the backend process is alive."""
         return self._proc is not None and self._proc.poll() is None
