@@ -30,6 +30,7 @@ import pydantic
 from softphone.config import Secret
 from softphone.domain.transfer import TransferSnapshot
 from softphone.errors import BackendError, ConfigError
+from softphone.http_client import async_client
 from softphone.http_models import (
     MAX_BODY_BYTES,
     MAX_SEGMENTS,
@@ -104,7 +105,7 @@ class RemoteTransferService(TransferService):
         self._timeout_s = timeout_s
         # The replica asked first: the last one that answered.
         self._current = 0
-        self._http = httpx.AsyncClient(
+        self._http = async_client(
             headers={"Authorization": f"Bearer {api_key.get()}"},
             timeout=timeout_s,
         )

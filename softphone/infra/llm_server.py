@@ -48,6 +48,7 @@ import httpx
 
 from softphone.config import Secret, cache_home
 from softphone.errors import LocalServerError
+from softphone.http_client import async_client
 from softphone.infra.local_server import (
     _die_with_parent,
     _private_opener,
@@ -404,7 +405,7 @@ class LocalLlmServer:
             out.close()
         deadline = started + self._ready_timeout
         headers = {"Authorization": f"Bearer {self.api_key.get()}"}
-        async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
+        async with async_client(timeout=2.0, headers=headers) as client:
             while True:
                 if self._proc.poll() is not None:
                     raise LocalServerError(

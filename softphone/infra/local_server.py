@@ -39,6 +39,7 @@ import httpx
 
 from softphone.config import Secret
 from softphone.errors import LocalServerError
+from softphone.http_client import async_client
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +427,7 @@ class LocalLiveKitServer:
             if not isinstance(out, int):
                 out.close()
         deadline = started + self._ready_timeout
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        async with async_client(timeout=1.0) as client:
             while True:
                 if self._proc.poll() is not None:
                     raise LocalServerError(

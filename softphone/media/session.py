@@ -38,6 +38,7 @@ from livekit import rtc
 
 from softphone.domain.events import EventEmitter
 from softphone.errors import MediaError, ValidationError
+from softphone.http_client import async_client
 
 log = logging.getLogger(__name__)
 
@@ -516,7 +517,7 @@ class RtcSession(EventEmitter[SessionEvent]):
         server_was_down = sdk_gave_up
         probe = _http_url(self._url)
         try:
-            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as http:
+            async with async_client(timeout=PROBE_TIMEOUT_S) as http:
                 while self._down_since is not None and not self._closed:
                     if time.monotonic() - started > RECOVER_BUDGET_S:
                         log.warning("connection not back in time; giving up")

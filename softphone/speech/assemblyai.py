@@ -30,6 +30,7 @@ import httpx
 from softphone.config import Secret
 from softphone.domain.transcript import TranscriptSegment
 from softphone.errors import ConfigError, SpeechError
+from softphone.http_client import tls_context
 from softphone.speech.stt import BatchStt, Transcript
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class AssemblyAIStt(BatchStt):
             headers={"authorization": api_key.get()},
             timeout=httpx.Timeout(request_timeout_s, connect=min(10.0, request_timeout_s)),
             # Connection failures before a request is sent are retried by httpx itself.
-            transport=httpx.AsyncHTTPTransport(retries=2),
+            transport=httpx.AsyncHTTPTransport(retries=2, verify=tls_context()),
         )
 
     async def _request(
