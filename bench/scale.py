@@ -275,7 +275,8 @@ async def failover_once(dep: HostedDeployment, env: TransferEnv) -> FailoverRun:
                 for onset in onsets:
                     await onset.aclose()
             if heard is None:
-                return FailoverRun(None, error=_why_silent(call, marks, t0), killed=True)
+                why = _why_silent(call, marks, t0, onsets[0].read)
+                return FailoverRun(None, error=why, killed=True)
             first = min(marks, key=marks.__getitem__) if marks else ""
             how = {
                 "returned": "the surviving replica returned the caller to A",
@@ -286,18 +287,37 @@ async def failover_once(dep: HostedDeployment, env: TransferEnv) -> FailoverRun:
         return FailoverRun(None, error=f"{stage}: {exc!r}", killed=killed)
 
 
-def _why_silent(call: Call, marks: dict[str, float], t0: float) -> str:
-    """What A's app and the caller's session show after a run with nobody heard (for stderr)."""
+def _why_silent(
+    call: Call, marks: dict[str, float], t0: float, read: dict[str, list[float]]
+) -> str:
+    """What A's app and the caller's session show after a run with nobody heard (for stderr).
+
+    Both ends' view of A's tracks (the SDK's muted and subscribed flags), and
+    what the caller's ears read on each track after the kill (frames, peak
+    level of A's tone, RMS), tell a mute the server kept from a silent source.
+    """
     last = call.a_call.last
     session = call.a_call.session
-    a_tracks = [
-        t.name for t in call.caller_session.remote_tracks() if t.identity == call.a.identity
+    caller_room = call.caller_session.room
+    a_remote = caller_room.remote_participants.get(call.a.identity)
+    at_caller = [
+        f"{p.name} muted={p.muted} subscribed={p.subscribed}"
+        for p in (a_remote.track_publications.values() if a_remote else ())
     ]
+    at_a = [
+        f"{p.name} muted={p.muted}"
+        for p in session.room.local_participant.track_publications.values()
+    ]
+    frames = "; ".join(
+        f"{k}: {n:.0f} frames, tone {lv:.0f}, rms {rms:.0f}" for k, (n, lv, rms) in read.items()
+    )
     seen = ", ".join(f"{k} +{(v - t0) * 1000:.0f} ms" for k, v in marks.items()) or "nothing"
     return (
         f"the caller heard nobody; A's app saw {seen}; last phase"
         f" {last.phase if last else None} ({last.reason if last else None});"
-        f" A's mic muted {session.muted}, held {session.held}; A's tracks at the caller {a_tracks}"
+        f" A's mic muted {session.muted}, held {session.held};"
+        f" the caller may listen {call.caller_session.may_listen};"
+        f" A's publications at A {at_a}, at the caller {at_caller}; the caller read {frames}"
     )
 
 

@@ -297,15 +297,19 @@ class Onset:
         self._ref = np.exp(-2j * np.pi * freq * np.arange(n) / SAMPLE_RATE) / 32768.0
         self.after = float("inf")
         self.found = asyncio.get_running_loop().create_future()
+        # Per track read ("identity/name/sid"): frames after ``after``, their
+        # peak tone level and RMS; says why nothing was found.
+        self.read: dict[str, list[float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch(session)))
 
     async def _watch(self, session: RtcSession) -> None:
         async for audio in session.remote_audio():
             stream = audio.stream(frame_size_ms=self._frame_ms)
-            self._tasks.append(asyncio.get_running_loop().create_task(self._read(stream)))
+            stats = self.read.setdefault(f"{audio.identity}/{audio.name}/{audio.sid}", [0, 0, 0])
+            self._tasks.append(asyncio.get_running_loop().create_task(self._read(stream, stats)))
 
-    async def _read(self, stream: rtc.AudioStream) -> None:
+    async def _read(self, stream: rtc.AudioStream, stats: list[float]) -> None:
         try:
             async for ev in stream:
                 now = time.monotonic()
@@ -314,6 +318,9 @@ class Onset:
                 pcm = np.frombuffer(ev.frame.data, dtype=np.int16)
                 if len(pcm) == len(self._ref):
                     level = 2 * abs(np.dot(pcm, self._ref)) / len(pcm)
+                    stats[0] += 1
+                    stats[1] = max(stats[1], level)
+                    stats[2] = max(stats[2], float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))))
                     if level > THRESHOLD:
                         self.found.set_result(now)
                         return
