@@ -93,10 +93,21 @@ class QtLoop(qasync.QEventLoop):  # type: ignore[misc]
             return  # Qt is processing events outside run_forever: keep them for it
         # Only what is queued now: callbacks queued by these run on the next
         # wake-up, after Qt has had its turn (input, painting, timers).
+        debug = self.get_debug()
         for _i in range(len(self._ready)):
             handle = self._ready.popleft()
-            if not handle.cancelled():
+            if handle.cancelled():
+                continue
+            if not debug:
                 handle._run()
+                continue
+            # Debug mode (PYTHONASYNCIODEBUG=1), as asyncio's own loop and
+            # qasync's timers do: name every callback that held the loop.
+            started = time.monotonic()
+            handle._run()
+            took = time.monotonic() - started
+            if took >= self.slow_callback_duration:
+                log.warning("Executing %r took %.3f seconds", handle, took)
         if self._ready and not self._woken:
             self._woken = True
             self._wake()

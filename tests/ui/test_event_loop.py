@@ -69,3 +69,34 @@ def test_calls_from_other_threads_after_close_are_dropped(qapp: object) -> None:
     worker.join()
     assert calls == []
     assert not loop._ready, "a closed loop must not queue work for nobody"
+
+
+def test_debug_mode_names_a_callback_that_held_the_loop(
+    qapp: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PYTHONASYNCIODEBUG=1 finds what stalls the app's loop, as with asyncio's own loop."""
+    import asyncio
+    import time
+
+    from softphone.ui.shell import QtLoop
+
+    loop = QtLoop(qapp)  # type: ignore[arg-type]
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.02
+
+    def hog() -> None:
+        time.sleep(0.05)
+
+    async def scenario() -> None:
+        loop.call_soon(hog)
+        loop.call_soon(lambda: None)
+        await asyncio.sleep(0.1)
+
+    try:
+        with caplog.at_level("WARNING", logger="softphone.ui.shell"):
+            loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    slow = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert len(slow) == 1, slow
+    assert "hog" in slow[0]
