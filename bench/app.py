@@ -230,10 +230,15 @@ async def measure_call_cpu(
         app.stop()
 
 
-def measure_transfer_stall(env: dict[str, str], home: Path) -> float:
-    """Worst event-loop stall while a warm transfer is clicked through three windows."""
+def measure_transfer_stall(env: dict[str, str], home: Path, slow_ms: float | None = None) -> float:
+    """Worst event-loop stall while a warm transfer is clicked through three windows.
+
+    With ``slow_ms`` the loop runs in asyncio's debug mode and every callback
+    that held it that long is printed with the step it ran in (to find what
+    blocks; debug mode's own cost makes the stall figure not the bench's).
+    """
     code = f"""
-import asyncio, contextlib, sys, time
+import asyncio, contextlib, logging, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 from softphone.app import build_windows
 from softphone.config import load_settings
@@ -256,6 +261,18 @@ worst = [0.0]
 phase = ["setup"]
 by_phase = {{}}
 async def main():
+    if {slow_ms!r} is not None:
+        class Step(logging.Filter):
+            def filter(self, record):
+                record.step = phase[0]
+                return True
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(Step())
+        handler.setFormatter(logging.Formatter("SLOW [%(step)s] %(message)s"))
+        logging.getLogger().addHandler(handler)
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = {slow_ms!r} / 1000
     done = asyncio.Event()
     async def monitor():
         while not done.is_set():
@@ -313,6 +330,8 @@ print("STALL", max(worst))
     for line in out.stderr.splitlines():
         if line.startswith("STALLS "):
             print("worst stall by step (ms):", line.split(" ", 1)[1], file=sys.stderr)
+        elif line.startswith("SLOW "):
+            print(line, file=sys.stderr)
     for line in out.stdout.splitlines():
         if line.startswith("STALL "):
             return float(line.split()[1])
@@ -437,6 +456,17 @@ async def _run(tmp: Path, seconds: float) -> dict[str, float]:
     }
 
 
+async def slow_callbacks(slow_ms: float) -> None:
+    """``--slow-callbacks``: the stall measurement alone, naming what held the loop."""
+    with tempfile.TemporaryDirectory() as name, private_pulse(Path(name)) as env:
+        env.update(SOFTPHONE_HOME=str(Path(name) / "home"), QT_QPA_PLATFORM="offscreen")
+        env["SOFTPHONE_LIVE_TRANSCRIPT"] = "0"
+        for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
+            env.pop(var, None)
+        stall = await asyncio.to_thread(measure_transfer_stall, env, Path(name) / "home", slow_ms)
+        print(f"worst stall (debug mode): {stall:.1f} ms")
+
+
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "startup_ms": ("< 1000 ms", lambda v: v < 1000),
     "idle_rss_mb": ("< 200 MB", lambda v: v < 200),
@@ -458,7 +488,17 @@ def main() -> None:
     parser.add_argument(
         "--package", type=Path, help="a built app for package_startup_ms (default: dist/)"
     )
+    parser.add_argument(
+        "--slow-callbacks",
+        type=float,
+        metavar="MS",
+        help="only the transfer through three windows, in asyncio debug mode, printing"
+        " every callback that held the loop MS ms or more (finds what stalls it)",
+    )
     args = parser.parse_args()
+    if args.slow_callbacks is not None:
+        asyncio.run(slow_callbacks(args.slow_callbacks))
+        return
     result = asyncio.run(run(args.seconds, args.package))
     if args.json:
         print(json.dumps(result))
