@@ -233,12 +233,12 @@ async def measure_call_cpu(
 def measure_transfer_stall(env: dict[str, str], home: Path, slow_ms: float | None = None) -> float:
     """Worst event-loop stall while a warm transfer is clicked through three windows.
 
-    With ``slow_ms`` the loop runs in asyncio's debug mode and every callback
-    that held it that long is printed with the step it ran in (to find what
-    blocks; debug mode's own cost makes the stall figure not the bench's).
+    With ``slow_ms``, for every stall of that many ms the main thread's most
+    sampled stacks during it are printed with the step (to find what blocks;
+    the sampling's own cost makes the stall figure not the bench's).
     """
     code = f"""
-import asyncio, contextlib, logging, sys, time
+import asyncio, collections, contextlib, sys, threading, time
 sys.path.insert(0, {str(ROOT)!r})
 from softphone.app import build_windows
 from softphone.config import load_settings
@@ -259,20 +259,32 @@ async def until(cond, t=90):
 
 worst = [0.0]
 phase = ["setup"]
+# --slow-callbacks: the main thread's stack every 2 ms, and for each stall
+# what it was doing meanwhile (the stacks most sampled in that window).
+SAMPLES = collections.deque(maxlen=50000)
+MAIN = threading.main_thread().ident
+
+def sampler():
+    while True:
+        frame = sys._current_frames().get(MAIN)
+        stack = []
+        while frame is not None and len(stack) < 10:
+            where = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
+            stack.append(f"{{where}}:{{frame.f_lineno}} {{frame.f_code.co_name}}")
+            frame = frame.f_back
+        SAMPLES.append((time.monotonic(), tuple(stack)))
+        time.sleep(0.002)
+
+def report(step, late, since):
+    window = [stack for at, stack in list(SAMPLES) if at >= since]
+    busy = [st for st in window if st and "run_forever" not in st[0]]
+    print(f"SLOW [{{step}}] {{late:.1f}} ms late: {{len(busy)}} of {{len(window)}} samples busy", file=sys.stderr)
+    for stack, n in collections.Counter(busy).most_common(3):
+        print(f"SLOW   {{n}} x " + " <- ".join(stack), file=sys.stderr)
 by_phase = {{}}
 async def main():
     if {slow_ms!r} is not None:
-        class Step(logging.Filter):
-            def filter(self, record):
-                record.step = phase[0]
-                return True
-        handler = logging.StreamHandler(sys.stderr)
-        handler.addFilter(Step())
-        handler.setFormatter(logging.Formatter("SLOW [%(step)s] %(message)s"))
-        logging.getLogger().addHandler(handler)
-        loop = asyncio.get_running_loop()
-        loop.set_debug(True)
-        loop.slow_callback_duration = {slow_ms!r} / 1000
+        threading.Thread(target=sampler, daemon=True).start()
     done = asyncio.Event()
     async def monitor():
         while not done.is_set():
@@ -281,6 +293,8 @@ async def main():
             late = (time.monotonic() - t - 0.01) * 1000
             worst.append(late)
             by_phase[phase[0]] = max(by_phase.get(phase[0], 0.0), late)
+            if {slow_ms!r} is not None and late >= {slow_ms!r}:
+                report(phase[0], late, t)
     settings = load_settings({{"profile": "bench-stall", "home": {str(home)!r},
                                "live_transcript": False}})
     async with contextlib.AsyncExitStack() as stack:
@@ -464,7 +478,7 @@ async def slow_callbacks(slow_ms: float) -> None:
         for var in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"):
             env.pop(var, None)
         stall = await asyncio.to_thread(measure_transfer_stall, env, Path(name) / "home", slow_ms)
-        print(f"worst stall (debug mode): {stall:.1f} ms")
+        print(f"worst stall (while sampling): {stall:.1f} ms")
 
 
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
@@ -492,8 +506,8 @@ def main() -> None:
         "--slow-callbacks",
         type=float,
         metavar="MS",
-        help="only the transfer through three windows, in asyncio debug mode, printing"
-        " every callback that held the loop MS ms or more (finds what stalls it)",
+        help="only the transfer through three windows, printing for every stall of MS ms"
+        " or more what the main thread was doing (sampled stacks)",
     )
     args = parser.parse_args()
     if args.slow_callbacks is not None:
