@@ -317,6 +317,7 @@ def _why_silent(
         f" {last.phase if last else None} ({last.reason if last else None});"
         f" A's mic muted {session.muted}, held {session.held};"
         f" the caller may listen {call.caller_session.may_listen};"
+        f" A's tone player running {call.a.tone.running};"
         f" A's publications at A {at_a}, at the caller {at_caller}; the caller read {frames}"
     )
 

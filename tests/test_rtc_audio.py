@@ -124,3 +124,42 @@ async def test_rapid_mute_toggles_end_in_the_last_state_on_the_server(
             (me,) = await room_admin.list_participants(room_name)
             assert me.audio_tracks == 1
             assert me.unmuted_audio_tracks == (0 if last else 1), f"the app says muted={last}"
+
+
+async def test_a_tone_player_outlives_a_refused_frame() -> None:
+    """The SDK refuses a frame while another capture into the same source is
+    under way. Two players on one source make that happen for real; each
+    skips its refused frames and keeps playing (before, the first refusal
+    ended a player's task without a word: hold audio that stops for good)."""
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+    players = [TonePlayer(source, 440.0), TonePlayer(source, 880.0)]
+    try:
+        for player in players:
+            player.start()
+        await asyncio.sleep(1.5)
+        assert all(player.running for player in players)
+    finally:
+        for player in players:
+            await player.aclose()
+        await source.aclose()
+    assert not any(player.running for player in players)
+
+
+async def test_a_tone_player_gives_up_on_a_source_that_takes_no_frames(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = rtc.AudioSource(16000, 1, queue_size_ms=100)  # the player's frames are 48 kHz
+    player = TonePlayer(source, 440.0)
+    try:
+        with caplog.at_level("WARNING", logger="softphone.media.tone"):
+            player.start()
+            await asyncio.sleep(0.5)
+            assert player.running, "refused for 0.5 s: still trying"
+            deadline = time.monotonic() + 10
+            while player.running and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        assert not player.running
+        assert any("takes no frames" in r.getMessage() for r in caplog.records)
+    finally:
+        await player.aclose()
+        await source.aclose()

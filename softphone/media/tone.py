@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import time
 
 import numpy as np
 from livekit import rtc
 
+log = logging.getLogger(__name__)
+
 SAMPLE_RATE = 48000
 FRAME_MS = 10
 LEAD_S = 0.03
+# A frame the SDK refuses (it refuses one while another capture into the same
+# source is under way) is skipped, as the microphone pump and the scripted
+# voice skip theirs; a source that refuses every frame this long is given up.
+GIVE_UP_S = 2.0
 
 
 def tone_frame(
@@ -90,6 +97,11 @@ class TonePlayer:
         self.changed_at = time.monotonic()
         return self.changed_at
 
+    @property
+    def running(self) -> bool:
+        """Whether frames are being pushed (not before start, after aclose, or once given up)."""
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         """Start pushing frames in a background task."""
         if self._task is None:
@@ -101,6 +113,7 @@ class TonePlayer:
         n = SAMPLE_RATE * ms // 1000
         lead = max(LEAD_S, 1.5 * ms / 1000)
         started = time.monotonic()
+        refused_since: float | None = None
         while True:
             # Stay at most `lead` ahead of real time, so that a change of
             # frequency is heard promptly instead of after a full queue.
@@ -113,8 +126,21 @@ class TonePlayer:
                 if cycle
                 else tone_frame(self.freq, sample, frame_ms=ms)
             )
-            await self._source.capture_frame(frame)
             sample += n
+            try:
+                await self._source.capture_frame(frame)
+            except Exception:
+                # Before, the first refused frame ended the task, silently: the
+                # tone (hold audio, a test party's voice) stopped for good.
+                now = time.monotonic()
+                if refused_since is None:
+                    refused_since = now
+                    log.debug("a tone frame was refused", exc_info=True)
+                elif now - refused_since >= GIVE_UP_S:
+                    log.warning("tone stopped: its source takes no frames", exc_info=True)
+                    return
+            else:
+                refused_since = None
 
     async def aclose(self) -> None:
         """Stop pushing frames."""
