@@ -143,11 +143,12 @@ def start_entity_worker() -> tuple[ProcessPoolExecutor, concurrent.futures.Futur
 
 
 def stop_entity_worker() -> None:
-    """Stop the NER worker process, if one runs (a summary under way is abandoned).
+    """Stop the NER worker process, if one runs.
 
-    Blocking: call it off the event loop. For a process whose exit hooks
-    never run: uvicorn ends on SIGTERM by raising the signal again once it has
-    shut down, so the pool's own hook would never stop the worker, and the
+    A summary under way finishes first; queued ones are dropped. Blocking:
+    call it off the event loop. For a process whose exit hooks never run:
+    uvicorn ends on SIGTERM by raising the signal again once it has shut
+    down, so the pool's own hook would never stop the worker, and the
     resource tracker would report its semaphores leaked.
     """
     global _worker, _worker_ready
