@@ -117,6 +117,8 @@ STREAMING_PATHS = frozenset({"/v1/speech"})
 # instead of being read and dropped.
 _DRAIN_LIMIT = 4 * MAX_BODY_BYTES
 MAX_WAIT_S = 30.0
+# How long shutdown waits for the summarizer's worker process (a summary under way).
+STOP_WORKER_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1066,7 +1068,9 @@ def build_app(settings: Settings, *, speech_limits: SpeechLimits | None = None) 
                 unwatch()
                 from softphone.speech.offline_summarizer import stop_entity_worker
 
-                await asyncio.to_thread(stop_entity_worker)
+                # Bounded: a worker that does not stop dies with this process anyway.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.to_thread(stop_entity_worker), STOP_WORKER_S)
 
     app = _new_app(lifespan, metrics)
     app.state.keys = keys
