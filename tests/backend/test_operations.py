@@ -6,9 +6,11 @@ real RTC parties and real HTTP clients.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -277,6 +279,10 @@ async def test_a_stopped_backend_stops_its_summary_worker(
             assert offer.summary is not None
         workers = [c for c in _children(pid) if b"spawn_main" in _cmdline(c)]
         assert workers, "the summary came from the NER worker process"
+    # Reaped once stopped (an orphan would linger until init reaps it).
+    deadline = time.monotonic() + 5.0
+    while [w for w in workers if Path(f"/proc/{w}").exists()] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert not [w for w in workers if Path(f"/proc/{w}").exists()]
     log = backend.log_path.read_text(encoding="utf-8")
     assert "leaked semaphore" not in log, log[-2000:]
