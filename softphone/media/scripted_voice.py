@@ -39,13 +39,14 @@ from livekit import rtc
 
 from softphone.config import cache_home
 from softphone.errors import MediaError
+from softphone.media.tone import FrameFeeder
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 FRAME_MS = 20  # half the wake-ups of 10 ms frames; the script changes nothing mid-frame
 LEAD_S = 0.06  # how far ahead of real time the player may push
-GIVE_UP_MS = 5000  # a source refusing frames this long is taken as closed
+GIVE_UP_S = 5.0  # a source refusing frames this long is taken as closed
 ESPEAK_SPEED = 160  # words per minute: clear enough for a small Whisper model
 RENDER_TIMEOUT_S = 60.0
 
@@ -271,7 +272,7 @@ class ScriptPlayer:
         wait = begin - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        refused = 0
+        feeder = FrameFeeder(self._source, GIVE_UP_S)
         for offset in range(0, len(self._pcm), n):
             # Stay at most LEAD_S ahead of real time: the source's queue stays
             # short, and a muted or moved track loses little.
@@ -287,19 +288,12 @@ class ScriptPlayer:
                 except Exception:
                     log.debug("scripted voice listener failed", exc_info=True)
             try:
-                await self._source.capture_frame(rtc.AudioFrame(block.tobytes(), SAMPLE_RATE, 1, n))
-            except Exception:
-                # The SDK refuses a frame while another capture into the same
-                # source is under way (a microphone just closed may still be
-                # pumping its last blocks): that frame is lost, the next one
-                # is tried. A source that refuses for long is closed.
-                refused += 1
-                if refused * FRAME_MS >= GIVE_UP_MS:
-                    log.warning("scripted voice stopped: its source takes no frames", exc_info=True)
-                    return
-                continue
-            refused = 0
-            self.pushed_s += FRAME_MS / 1000
+                frame = rtc.AudioFrame(block.tobytes(), SAMPLE_RATE, 1, n)
+                if await feeder.capture(frame):
+                    self.pushed_s += FRAME_MS / 1000
+            except MediaError:
+                log.warning("scripted voice stopped: its source takes no frames", exc_info=True)
+                return
 
     async def wait(self) -> None:
         """Return once the whole track was pushed (or the player was closed)."""

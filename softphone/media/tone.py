@@ -14,14 +14,14 @@ import time
 import numpy as np
 from livekit import rtc
 
+from softphone.errors import MediaError
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 FRAME_MS = 10
 LEAD_S = 0.03
-# A frame the SDK refuses (it refuses one while another capture into the same
-# source is under way) is skipped, as the microphone pump and the scripted
-# voice skip theirs; a source that refuses every frame this long is given up.
+# A tone's source that refuses every frame this long is given up (FrameFeeder).
 GIVE_UP_S = 2.0
 
 
@@ -66,6 +66,40 @@ def tone_cycle(
                 for i in range(k)
             )
     return None
+
+
+class FrameFeeder:
+    """Captures frames into a source, skipping the ones it refuses.
+
+    The SDK refuses a frame while another capture into the same source is
+    under way (a microphone just closed may still be pumping its last
+    blocks): that frame is lost and the next one is tried. A source that
+    refuses every frame for ``give_up_s`` is taken as closed.
+    """
+
+    def __init__(self, source: rtc.AudioSource, give_up_s: float) -> None:
+        self._source = source
+        self._give_up_s = give_up_s
+        self._refused_since: float | None = None
+
+    async def capture(self, frame: rtc.AudioFrame) -> bool:
+        """Capture ``frame``: True if it was taken, False if refused (skipped).
+
+        Raises:
+            MediaError: The source refused every frame for ``give_up_s``.
+        """
+        try:
+            await self._source.capture_frame(frame)
+        except Exception as exc:
+            now = time.monotonic()
+            if self._refused_since is None:
+                self._refused_since = now
+                log.debug("a frame was refused", exc_info=True)
+            elif now - self._refused_since >= self._give_up_s:
+                raise MediaError("the audio source takes no frames") from exc
+            return False
+        self._refused_since = None
+        return True
 
 
 class TonePlayer:
@@ -113,7 +147,7 @@ class TonePlayer:
         n = SAMPLE_RATE * ms // 1000
         lead = max(LEAD_S, 1.5 * ms / 1000)
         started = time.monotonic()
-        refused_since: float | None = None
+        feeder = FrameFeeder(self._source, GIVE_UP_S)
         while True:
             # Stay at most `lead` ahead of real time, so that a change of
             # frequency is heard promptly instead of after a full queue.
@@ -128,19 +162,10 @@ class TonePlayer:
             )
             sample += n
             try:
-                await self._source.capture_frame(frame)
-            except Exception:
-                # Before, the first refused frame ended the task, silently: the
-                # tone (hold audio, a test party's voice) stopped for good.
-                now = time.monotonic()
-                if refused_since is None:
-                    refused_since = now
-                    log.debug("a tone frame was refused", exc_info=True)
-                elif now - refused_since >= GIVE_UP_S:
-                    log.warning("tone stopped: its source takes no frames", exc_info=True)
-                    return
-            else:
-                refused_since = None
+                await feeder.capture(frame)
+            except MediaError:
+                log.warning("tone stopped: its source takes no frames", exc_info=True)
+                return
 
     async def aclose(self) -> None:
         """Stop pushing frames."""
