@@ -90,9 +90,9 @@ def _ephemeral_start() -> int:
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     """Return a port free now on ``host`` for the socket kind, outside the
     OS's range for outgoing connections (so it stays free for a restart)."""
-    end = _ephemeral_start()
-    for _ in range(100 if end - _LISTEN_PORTS_FROM >= 1000 else 0):
-        port = _LISTEN_PORTS_FROM + secrets.randbelow(end - _LISTEN_PORTS_FROM)
+    span = _ephemeral_start() - _LISTEN_PORTS_FROM
+    for _ in range(100 if span >= 1000 else 0):  # else: an odd range, the OS picks
+        port = _LISTEN_PORTS_FROM + secrets.randbelow(span)
         with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind((host, port))
