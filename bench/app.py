@@ -8,6 +8,10 @@ Usage: ``./dev bench app [--json] [--seconds N] [--package PROGRAM]``
 - ``call_cpu_pct``: CPU of one app process (percent of one core) in a
   two-party call (the other party is this script, sending speech), live
   transcript off; ``call_cpu_transcript_pct``: the same with it on;
+- ``call_cpu_sdk_floor_pct``: the same call's media without the app (see
+  ``bench/_sdk_floor.py``): a plain asyncio process that only sends and
+  receives 20 ms frames through the SDK. It is the least ``call_cpu_pct``
+  can be with this SDK on this machine;
 - ``max_loop_stall_ms``: the worst lateness of a 10 ms timer on the app's
   (qasync) event loop while a warm transfer is clicked through the caller,
   Agent A and Agent B windows in one process;
@@ -228,6 +232,44 @@ async def measure_call_cpu(
         return 100.0 * (c1 - c0) / (t1 - t0)
     finally:
         app.stop()
+
+
+async def measure_sdk_floor(
+    server: LocalLiveKitServer, pcm: np.ndarray, seconds: float
+) -> dict[str, float]:
+    """CPU of ``bench/_sdk_floor.py`` in a call with this script as the caller."""
+    minter = TokenMinter(api_key=server.api_key, api_secret=server.api_secret)
+    room = "bench-sdk-floor"
+    caller = minter.mint(role="caller", identity="caller-floor", room=room)
+    agent = minter.mint(role="agent", identity="agent-floor", room=room)
+    async with RtcSession(url=server.url, token=caller.token) as call:
+        source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=100)
+        await call.publish_audio(source)
+        player = asyncio.ensure_future(play_loop(source, pcm))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench._sdk_floor",
+                server.url,
+                str(seconds),
+                cwd=ROOT,
+                env={**os.environ, "SDK_FLOOR_TOKEN": agent.token},  # not on a command line
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+        finally:
+            player.cancel()
+            await asyncio.gather(player, return_exceptions=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench._sdk_floor exited with {proc.returncode}")
+    result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    print(
+        f"SDK floor: {result['cpu_pct']:.1f} % of a core, of which the Python"
+        f" thread {result['main_thread_pct']:.1f} %",
+        file=sys.stderr,
+    )
+    return result
 
 
 def measure_transfer_stall(env: dict[str, str], home: Path, slow_ms: float | None = None) -> float:
@@ -456,6 +498,7 @@ async def _run(tmp: Path, seconds: float) -> dict[str, float]:
             cpu_on = await measure_call_cpu(
                 backend, {**env, "SOFTPHONE_LIVE_TRANSCRIPT": "1"}, pcm, seconds, 1
             )
+            floor = await measure_sdk_floor(server, pcm, seconds)
         stall = await asyncio.to_thread(measure_transfer_stall, env, tmp / "home")
     clean = await measure_clean_audio(tmp, binary)
     return {
@@ -463,6 +506,7 @@ async def _run(tmp: Path, seconds: float) -> dict[str, float]:
         "idle_rss_mb": round(idle, 1),
         "call_cpu_pct": round(cpu_off, 1),
         "call_cpu_transcript_pct": round(cpu_on, 1),
+        "call_cpu_sdk_floor_pct": round(floor["cpu_pct"], 1),
         "max_loop_stall_ms": round(stall, 1),
         "aec_erle_db": round(clean["aec_erle_db"], 1),
         "ns_snr_gain_db": round(clean["ns_snr_gain_db"], 1),
@@ -486,6 +530,7 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "idle_rss_mb": ("< 200 MB", lambda v: v < 200),
     "call_cpu_pct": ("< 8 %", lambda v: v < 8),
     "call_cpu_transcript_pct": ("(no target)", lambda v: True),
+    "call_cpu_sdk_floor_pct": ("(no target: what the SDK alone costs)", lambda v: True),
     "max_loop_stall_ms": ("<= 30 ms, worst of 5 runs", lambda v: v <= 30),
     "aec_erle_db": (">= 20 dB", lambda v: v >= 20),
     "ns_snr_gain_db": (">= 10 dB", lambda v: v >= 10),
