@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from softphone.client.call_controller import CallController
+from softphone.config import Settings
 from softphone.domain.identifiers import validate_room_name
 from softphone.errors import ValidationError
 from softphone.media.devices import DeviceSwitch
@@ -75,6 +76,10 @@ class CallPanel(QWidget):
         self._quality = ""
         self._end_expected = False
         self._joining: asyncio.Task[Any] | None = None
+        # What _apply_processing last acted on: it runs on every meter tick and
+        # only does work when the settings or the running processing changed.
+        self._processing_settings: Settings | None = None
+        self._processing_shown: ProcessingOptions | None = None
         self._setup_ui(room_editable)
         self._apply_processing()
         bridge.forwarded.connect(self._on_event)
@@ -270,14 +275,18 @@ class CallPanel(QWidget):
 
     def _apply_processing(self) -> None:
         """Run the processing the settings ask for, and say what runs."""
-        wanted = options_from_settings(self.controller.context.settings)
+        settings = self.controller.context.settings  # replaced, never changed, on save
         devices = self.controller.devices
-        if wanted != devices.processing:
-            devices.set_processing(wanted)
-            self._log.add("mic", f"clean audio: {wanted.describe()}")
-        text = _processing_text(devices.processing)
-        if self.processing_state.text() != text:
-            self.processing_state.setText(text)
+        if settings is not self._processing_settings:
+            self._processing_settings = settings
+            wanted = options_from_settings(settings)
+            if wanted != devices.processing:
+                devices.set_processing(wanted)
+                self._log.add("mic", f"clean audio: {wanted.describe()}")
+        running = devices.processing
+        if running != self._processing_shown:
+            self._processing_shown = running
+            self.processing_state.setText(_processing_text(running))
 
     def _on_meter_tick(self) -> None:
         # Settings are saved by the settings dialog; the next tick applies them.
