@@ -551,7 +551,8 @@ class TransferService(EventEmitter[TransferServiceEvent], abc.ABC):
         while snap.phase not in phases:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"transfer stayed in {snap.phase}")
+                why = f" ({snap.reason.code})" if snap.reason is not None else ""
+                raise TimeoutError(f"transfer stayed in {snap.phase}{why}")
             snap = await self.wait_for_change(
                 transfer_id, after_version=snap.version, timeout_s=min(left, 5.0)
             )
