@@ -61,6 +61,33 @@ if __name__ == "__main__":
 """
 
 
+PREPARED = f"""
+import json, multiprocessing, os, sys, threading, time
+sys.path.insert(0, {str(ROOT)!r})
+from softphone.speech.worker_start import prepare_entity_worker
+
+if __name__ == "__main__":
+    # Asked from a thread that ends at once (a UI callback's turn), then again.
+    asker = threading.Thread(target=prepare_entity_worker)
+    asker.start()
+    asker.join()
+    prepare_entity_worker()
+    deadline = time.monotonic() + 60
+    while not multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    from softphone.speech.offline_summarizer import start_entity_worker
+    worker, ready = start_entity_worker()  # the one started for us, not a new one
+    loaded = ready.result(timeout=200)
+    pid = worker.submit(os.getpid).result(timeout=60)
+    print(json.dumps({{
+        "loaded": loaded,
+        "workers": [p.pid for p in multiprocessing.active_children()],
+        "answered_from": pid,
+        "starter": [t.name for t in threading.enumerate() if t.name == "ner-worker-start"],
+    }}), flush=True)
+"""
+
+
 def the_call() -> tuple[Call, SpeakerRoles]:
     call = next(c for c in load_calls() if c.id == CALL)
     return call, SpeakerRoles(caller=call.caller_identity, agents=frozenset({call.agent_identity}))
@@ -73,6 +100,18 @@ def test_the_model_works_in_another_process_never_in_the_callers() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["spacy_here"] is False, "spaCy was imported by the summarizer's caller"
     assert result["ner"] > result["patterns"], result  # the model did find what patterns miss
+
+
+def test_a_window_has_the_worker_started_on_a_thread_of_its_own() -> None:
+    # What an agent window does as a call begins (prepare_entity_worker), not on its loop.
+    out = subprocess.run(
+        [sys.executable, "-c", PREPARED], capture_output=True, text=True, timeout=300, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["loaded"] is True
+    assert len(result["workers"]) == 1, result  # asked twice, started once
+    assert result["answered_from"] == result["workers"][0]  # alive after the asker ended
+    assert result["starter"] == ["ner-worker-start"]
 
 
 async def test_a_killed_worker_costs_one_cards_entities_and_is_started_again() -> None:

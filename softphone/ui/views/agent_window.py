@@ -233,10 +233,12 @@ class AgentWindow(RoleWindow):
 
         Not at start-up: an idle agent keeps its memory; a call gives the
         model the seconds it needs before the transfer's summary or a draft.
+        Started from a thread of its own: spawning it here held the window's
+        loop 100-250 ms as the agent's first call began.
         """
-        from softphone.speech.offline_summarizer import start_entity_worker
+        from softphone.speech.worker_start import prepare_entity_worker
 
-        start_entity_worker()
+        prepare_entity_worker()
 
     def _on_draft_clicked(self) -> None:
         run_task(self._draft_summary(), report=self.show_error, what="summary")
