@@ -115,6 +115,9 @@ class AgentController:
         ]
         if self.context.transfer is not None:
             self._offs.append(self.context.transfer.on("transfer_changed", self._on_service_event))
+        from softphone.media.recording import writer_pool
+
+        writer_pool()  # the recordings' thread starts now, not as the first call begins
 
     def _on_call_assigned(self, call: CallInfo) -> None:
         """The service assigned a call to this agent: take it unless busy with another."""

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,27 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 HEADER_BYTES = 44
+
+_writer_lock = threading.Lock()
+_writer: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def writer_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread every recording of this process writes its files on.
+
+    Started by the first call of this function, so call it where a pause
+    does not matter (an agent window does, when it is built): starting a
+    thread waits until it runs, which held the window's loop 10-30 ms on a
+    busy machine when each call's recorder started its own.
+    """
+    global _writer
+    with _writer_lock:
+        if _writer is None:
+            _writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recorder")
+            _writer.submit(int).result()  # its thread runs from now on
+        return _writer
+
+
 MAX_GAP_S = 3600.0
 
 
@@ -217,7 +239,7 @@ class CallRecorder:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._readers: dict[str, asyncio.Task[None]] = {}  # identity -> its current track
         self._flusher: asyncio.Task[None] | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recorder")
+        self._pool = writer_pool()
         self._closed = False
 
     @property
@@ -354,7 +376,6 @@ class CallRecorder:
         loop = asyncio.get_running_loop()
         for track in self._tracks.values():
             await loop.run_in_executor(self._pool, track.writer.close)
-        await loop.run_in_executor(None, self._pool.shutdown)
 
     async def __aenter__(self) -> CallRecorder:
         return await self.start()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import wave
 from pathlib import Path
@@ -18,7 +19,13 @@ from livekit import rtc
 
 from softphone.errors import MediaError
 from softphone.infra.local_server import LocalLiveKitServer
-from softphone.media.recording import CallRecorder, WavWriter, repair_directory, repair_wav
+from softphone.media.recording import (
+    CallRecorder,
+    WavWriter,
+    repair_directory,
+    repair_wav,
+    writer_pool,
+)
 from softphone.media.session import RemoteAudio, RtcSession
 from softphone.media.tone import SAMPLE_RATE, TonePlayer
 from softphone.server.token_minter import TokenMinter
@@ -109,6 +116,25 @@ def test_a_killed_process_leaves_a_valid_file_missing_at_most_a_second(tmp_path:
     assert rate == SAMPLE_RATE
     assert fed_s - 1.0 <= len(samples) / rate <= fed_s + 0.5
     assert np.all(samples == 1000)
+
+
+def _recorder_threads() -> set[int | None]:
+    return {t.ident for t in threading.enumerate() if t.name.startswith("recorder")}
+
+
+async def test_recorders_write_on_one_thread_that_was_running_before_the_calls(
+    tmp_path: Path,
+) -> None:
+    # An agent window starts it when built; a call starting a thread held its loop.
+    writer_pool()
+    running = _recorder_threads()
+    assert len(running) == 1
+    for call_id in ("c1", "c2"):
+        async with CallRecorder(directory=tmp_path, call_id=call_id) as rec:
+            await rec.open_track("caller-1", align=False)
+            assert _recorder_threads() == running
+        assert (tmp_path / call_id / "call-caller-1.wav").exists()
+    assert _recorder_threads() == running  # kept for the next call
 
 
 async def test_recorder_refuses_a_bad_call_id(tmp_path: Path) -> None:
