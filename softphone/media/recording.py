@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 HEADER_BYTES = 44
+MAX_GAP_S = 3600.0
 
 _writer_lock = threading.Lock()
 _writer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -59,9 +60,6 @@ def writer_pool() -> concurrent.futures.ThreadPoolExecutor:
             _writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="recorder")
             _writer.submit(int).result()  # its thread runs from now on
         return _writer
-
-
-MAX_GAP_S = 3600.0
 
 
 def _header(data_bytes: int, sample_rate: int, channels: int = 1) -> bytes:
