@@ -44,7 +44,10 @@ async def until(cond: Callable[[], bool], what: str, timeout_s: float = TIMEOUT_
 
 
 class StackSampler:
-    """The main thread's stack every 2 ms, to name what held the loop in a stall."""
+    """The main thread's stack every 2 ms, to name what held the loop in a stall.
+
+    Also the three-window bench's ``--slow-callbacks`` (``bench/app.py``).
+    """
 
     def __init__(self) -> None:
         self.samples: collections.deque[tuple[float, tuple[str, ...]]] = collections.deque(
@@ -64,10 +67,15 @@ class StackSampler:
             self.samples.append((time.monotonic(), tuple(stack)))
             time.sleep(0.002)
 
-    def report(self, late_ms: float, since: float) -> None:
+    def report(self, late_ms: float, since: float, step: str = "") -> None:
+        """Print (stderr) the stacks most sampled since ``since``, a stall of ``late_ms``."""
         window = [stack for at, stack in list(self.samples) if at >= since]
         busy = [st for st in window if st and "run_forever" not in st[0]]
-        print(f"SLOW {late_ms:.1f} ms: {len(busy)} of {len(window)} samples busy", file=sys.stderr)
+        where = f"[{step}] " if step else ""
+        print(
+            f"SLOW {where}{late_ms:.1f} ms late: {len(busy)} of {len(window)} samples busy",
+            file=sys.stderr,
+        )
         for stack, n in collections.Counter(busy).most_common(3):
             print(f"SLOW   {n} x " + " <- ".join(stack), file=sys.stderr)
 

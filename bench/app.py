@@ -352,8 +352,9 @@ def measure_transfer_stall(env: dict[str, str], home: Path, slow_ms: float | Non
     the sampling's own cost makes the stall figure not the bench's).
     """
     code = f"""
-import asyncio, collections, contextlib, sys, threading, time
+import asyncio, contextlib, sys, time
 sys.path.insert(0, {str(ROOT)!r})
+from bench._agent_stall import StackSampler
 from softphone.app import build_windows
 from softphone.config import load_settings
 from softphone.ui.shell import close_window_resources, freeze_heap, run_qt
@@ -375,30 +376,11 @@ worst = [0.0]
 phase = ["setup"]
 # --slow-callbacks: the main thread's stack every 2 ms, and for each stall
 # what it was doing meanwhile (the stacks most sampled in that window).
-SAMPLES = collections.deque(maxlen=50000)
-MAIN = threading.main_thread().ident
-
-def sampler():
-    while True:
-        frame = sys._current_frames().get(MAIN)
-        stack = []
-        while frame is not None and len(stack) < 10:
-            where = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
-            stack.append(f"{{where}}:{{frame.f_lineno}} {{frame.f_code.co_name}}")
-            frame = frame.f_back
-        SAMPLES.append((time.monotonic(), tuple(stack)))
-        time.sleep(0.002)
-
-def report(step, late, since):
-    window = [stack for at, stack in list(SAMPLES) if at >= since]
-    busy = [st for st in window if st and "run_forever" not in st[0]]
-    print(f"SLOW [{{step}}] {{late:.1f}} ms late: {{len(busy)}} of {{len(window)}} samples busy", file=sys.stderr)
-    for stack, n in collections.Counter(busy).most_common(3):
-        print(f"SLOW   {{n}} x " + " <- ".join(stack), file=sys.stderr)
+SAMPLER = [None]
 by_phase = {{}}
 async def main():
     if {slow_ms!r} is not None:
-        threading.Thread(target=sampler, daemon=True).start()
+        SAMPLER[0] = StackSampler()
     done = asyncio.Event()
     async def monitor():
         while not done.is_set():
@@ -408,7 +390,7 @@ async def main():
             worst.append(late)
             by_phase[phase[0]] = max(by_phase.get(phase[0], 0.0), late)
             if {slow_ms!r} is not None and late >= {slow_ms!r}:
-                report(phase[0], late, t)
+                SAMPLER[0].report(late, t, phase[0])
     settings = load_settings({{"profile": "bench-stall", "home": {str(home)!r},
                                "live_transcript": False}})
     async with contextlib.AsyncExitStack() as stack:
